@@ -1,0 +1,374 @@
+#!/usr/bin/env python
+"""Install Detectron2 into the running Python environment, unless one is already importable.
+
+Detectron2 has no PyPI release. Upstream v0.6's Python sources are on PyPI as the sdist
+``pb1-detectron2==0.6``, but that sdist builds a C++/CUDA extension and targets the 2021 stack.
+This script turns it into a pure-Python wheel that runs with today's torch, numpy and Pillow:
+
+1. leave an existing Detectron2 alone (an official build from source is what GPU users have);
+2. take the sdist from the local cache, a path given with ``--sdist``, or the package index,
+   and refuse it unless its sha256 is the pinned one;
+3. unpack it in a temporary directory and apply the small, idempotent fixes in ``FIXES``;
+4. build the wheel (``pip wheel --no-build-isolation``: setup.py imports torch), check that it
+   carries the model-zoo configs, cache it, and only then ``pip install`` it.
+
+Any failure before step 4 leaves the environment untouched. A re-install from the cached wheel
+takes seconds.
+
+Usage:
+    python tools/install_detectron2.py [--sdist FILE] [--cache-dir DIR] [--force] [-c CONSTRAINTS]
+"""
+import argparse
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Optional
+
+SDIST_NAME = "pb1-detectron2-0.6.tar.gz"
+SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
+SDIST_PROJECT = "pb1-detectron2"
+DEFAULT_INDEX = "https://pypi.org/simple"
+# Part of the cached wheel's name: bump it whenever FIXES change, so a stale wheel is never reused.
+FIXES_VERSION = "1"
+ZOO_CONFIG_IN_WHEEL = "detectron2/model_zoo/configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"
+
+
+class InstallError(RuntimeError):
+    """A step failed; the message says which one and what to do about it."""
+
+
+@dataclass(frozen=True)
+class Fix:
+    """One edit of the unpacked sdist.
+
+    ``edit`` maps a file's text to its fixed text. It must be idempotent, and on a pristine
+    sdist it must change every file in ``files`` (a fix that matches nothing means the sdist is
+    not the one the fix was written for, which is an error, not a silent no-op).
+    """
+
+    name: str
+    why: str
+    files: List[str]
+    edit: Callable[[str], str]
+    is_applied: Callable[[str], bool]
+
+
+def _sub(pattern: str, repl: str) -> Callable[[str], str]:
+    return lambda text: re.sub(pattern, repl, text)
+
+
+_OPTIONAL_C = (
+    "try:\n"
+    "    from detectron2 import _C\n"
+    "except ImportError:  # pure-Python build: rotated/deformable ops and the fast COCOeval are off\n"
+    "    _C = None\n"
+)
+_COCOEVAL_FALLBACK = (
+    "from detectron2.evaluation.fast_eval_api import COCOeval_opt, _C as _fast_eval_C\n"
+    "\n"
+    "if _fast_eval_C is None:  # pure-Python build: use the official pycocotools COCOeval\n"
+    "    COCOeval_opt = COCOeval\n"
+)
+_NUMPY_ALIAS_RE = r"\bnp\.(bool|int|float|str|object)\b(?!_)"
+_PIL_CONSTANTS = {"LINEAR": "BILINEAR", "CUBIC": "BICUBIC", "ANTIALIAS": "LANCZOS"}
+_PIL_RE = r"\bImage\.(LINEAR|CUBIC|ANTIALIAS)\b"
+
+FIXES: List[Fix] = [
+    Fix(
+        name="no-extension",
+        why="The sdist has no C++ sources: build no extension, so the wheel is pure Python.",
+        files=["setup.py"],
+        edit=lambda t: t.replace("ext_modules=get_extensions(),", "ext_modules=[],").replace(
+            '    cmdclass={"build_ext": torch.utils.cpp_extension.BuildExtension},\n', ""
+        ),
+        is_applied=lambda t: "ext_modules=[]," in t and "BuildExtension}" not in t,
+    ),
+    Fix(
+        name="distribution-name",
+        why="Call the distribution 'detectron2', as an official build from source is, so that "
+        "a 'detectron2' requirement (topkd_det's setup.py) is satisfied by either.",
+        files=["setup.py"],
+        edit=lambda t: t.replace('name="pb1-detectron2",', 'name="detectron2",'),
+        is_applied=lambda t: 'name="detectron2",' in t,
+    ),
+    Fix(
+        name="zoo-configs-in-wheel",
+        why="setup.py globs configs/ at the top level, which the sdist lacks; the YAMLs live in "
+        "detectron2/model_zoo/configs and must be package data.",
+        files=["setup.py"],
+        edit=_sub(
+            r'package_data=\{"detectron2\.model_zoo": get_model_zoo_configs\(\)\}',
+            'package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]}',
+        ),
+        is_applied=lambda t: '["configs/**/*.yaml", "configs/**/*.py"]' in t,
+    ),
+    Fix(
+        name="installable-requirements",
+        why="pip >= 26.3 refuses the 'panopticapi @ github' URL extra, and black==21.4b2 (used only "
+        "by LazyConfig.save) does not install on Python 3.11.",
+        files=["setup.py"],
+        edit=lambda t: re.sub(r'\n\s*"panopticapi @ [^"]*",', "", t).replace(
+            '"black==21.4b2",', '"black",'
+        ),
+        is_applied=lambda t: "panopticapi @" not in t and '"black==21.4b2"' not in t,
+    ),
+    Fix(
+        name="optional-C-extension",
+        why="Make 'from detectron2 import _C' optional; only rotated boxes, deformable conv and "
+        "the fast COCOeval need it.",
+        files=[
+            "detectron2/layers/rotated_boxes.py",
+            "detectron2/layers/deform_conv.py",
+            "detectron2/layers/roi_align_rotated.py",
+            "detectron2/evaluation/fast_eval_api.py",
+        ],
+        edit=lambda t: t if _OPTIONAL_C in t else t.replace("from detectron2 import _C\n", _OPTIONAL_C, 1),
+        is_applied=lambda t: _OPTIONAL_C in t,
+    ),
+    Fix(
+        name="official-cocoeval-fallback",
+        why="Without _C, COCOEvaluator must score with pycocotools' official COCOeval.",
+        files=["detectron2/evaluation/coco_evaluation.py"],
+        edit=lambda t: t
+        if _COCOEVAL_FALLBACK in t
+        else t.replace("from detectron2.evaluation.fast_eval_api import COCOeval_opt\n", _COCOEVAL_FALLBACK, 1),
+        is_applied=lambda t: _COCOEVAL_FALLBACK in t,
+    ),
+    Fix(
+        name="model-zoo-without-pkg_resources",
+        why="pkg_resources is gone from setuptools >= 81 (which torch pulls in); the configs sit "
+        "next to model_zoo.py, so a path join finds them.",
+        files=["detectron2/model_zoo/model_zoo.py"],
+        edit=lambda t: re.sub(
+            r"pkg_resources\.resource_filename\(\s*\"detectron2\.model_zoo\", os\.path\.join\(\"configs\", config_path\)\s*\)",
+            'os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", config_path)',
+            t,
+        ).replace("import pkg_resources\n", ""),
+        is_applied=lambda t: "pkg_resources" not in t,
+    ),
+    Fix(
+        name="numpy-aliases",
+        why="np.bool/np.int/np.float/np.str/np.object were removed in numpy 1.24.",
+        files=[
+            "detectron2/evaluation/pascal_voc_evaluation.py",
+            "detectron2/evaluation/sem_seg_evaluation.py",
+            "detectron2/structures/masks.py",
+            "detectron2/data/datasets/pascal_voc.py",
+            "detectron2/data/build.py",
+            "detectron2/utils/visualizer.py",
+            "detectron2/utils/video_visualizer.py",
+        ],
+        edit=lambda t: re.sub(_NUMPY_ALIAS_RE, r"\1", t),
+        is_applied=lambda t: re.search(_NUMPY_ALIAS_RE, t) is None,
+    ),
+    Fix(
+        name="pillow-constants",
+        why="Image.LINEAR/CUBIC/ANTIALIAS were removed in Pillow 10 and are read at import time.",
+        files=["detectron2/data/transforms/transform.py"],
+        edit=lambda t: re.sub(_PIL_RE, lambda m: "Image." + _PIL_CONSTANTS[m.group(1)], t),
+        is_applied=lambda t: re.search(_PIL_RE, t) is None,
+    ),
+]
+
+
+def apply_fixes(src_root: Path, fixes: List[Fix] = FIXES, log: Callable[[str], None] = print) -> int:
+    """Apply every fix under ``src_root``; return how many files changed.
+
+    Running it again on a fixed tree changes nothing. A fix whose target file is missing, or
+    that neither applies nor is already applied, raises InstallError.
+    """
+    changed = 0
+    for fix in fixes:
+        for rel in fix.files:
+            path = src_root / rel
+            if not path.is_file():
+                raise InstallError(f"fix '{fix.name}': {rel} is missing from the sdist in {src_root}")
+            text = path.read_text(encoding="utf-8")
+            new = fix.edit(text)
+            if not fix.is_applied(new):
+                raise InstallError(
+                    f"fix '{fix.name}' did not apply to {rel}: the sdist is not the expected "
+                    f"{SDIST_NAME}. ({fix.why})"
+                )
+            if new != text:
+                path.write_text(new, encoding="utf-8")
+                changed += 1
+        log(f"  fix {fix.name}: ok")
+    return changed
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_sdist(path: Path, expected: str = SDIST_SHA256) -> None:
+    actual = sha256_of(path)
+    if actual != expected:
+        raise InstallError(
+            f"{path}: sha256 is {actual}, expected {expected}. The file is not the published "
+            f"{SDIST_NAME}; delete it and run again to download a fresh copy."
+        )
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TOPKD_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "topkd_det"
+
+
+def _index_url() -> str:
+    return os.environ.get("PIP_INDEX_URL", DEFAULT_INDEX).rstrip("/")
+
+
+def download_sdist(dest: Path) -> None:
+    """Find the sdist's link on the package index (PEP 503 page) and download it to ``dest``."""
+    page_url = f"{_index_url()}/{SDIST_PROJECT}/"
+    try:
+        with urllib.request.urlopen(page_url, timeout=60) as r:
+            page = r.read().decode("utf-8", "replace")
+        match = re.search(r'href="([^"]*' + re.escape(SDIST_NAME) + r')[^"]*"', page)
+        if not match:
+            raise InstallError(f"{page_url} lists no {SDIST_NAME}; pass a local copy with --sdist FILE")
+        url = urllib.parse.urljoin(page_url, match.group(1))
+        tmp = dest.with_suffix(".part")
+        with urllib.request.urlopen(url, timeout=300) as r, open(tmp, "wb") as f:
+            shutil.copyfileobj(r, f)
+        os.replace(tmp, dest)
+    except (urllib.error.URLError, OSError) as e:
+        raise InstallError(
+            f"cannot download {SDIST_NAME} from {page_url} ({e}). Connect to the package index, "
+            f"set PIP_INDEX_URL to a mirror, or pass a local copy with --sdist FILE."
+        ) from e
+
+
+def _safe_extract(tar: tarfile.TarFile, dest: Path) -> None:
+    if sys.version_info >= (3, 12) or hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    for member in tar.getmembers():
+        target = (dest / member.name).resolve()
+        if not str(target).startswith(str(dest.resolve())):
+            raise InstallError(f"refusing a path outside the archive root: {member.name}")
+    tar.extractall(dest)
+
+
+def build_wheel(sdist: Path, out_dir: Path, log: Callable[[str], None] = print) -> Path:
+    with tempfile.TemporaryDirectory(prefix="d2-build-") as tmp:
+        tmp = Path(tmp)
+        with tarfile.open(sdist) as tar:
+            _safe_extract(tar, tmp)
+        roots = [p for p in tmp.iterdir() if p.is_dir()]
+        if len(roots) != 1:
+            raise InstallError(f"{sdist}: expected one top-level directory, found {len(roots)}")
+        log(f"applying {len(FIXES)} compatibility fixes")
+        apply_fixes(roots[0], log=log)
+        wheel_dir = tmp / "wheel"
+        log("building the pure-Python wheel")
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+             "-w", str(wheel_dir), str(roots[0])],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise InstallError(f"pip wheel failed:\n{proc.stdout}\n{proc.stderr}")
+        wheels = list(wheel_dir.glob("*.whl"))
+        if len(wheels) != 1:
+            raise InstallError(f"pip wheel produced {len(wheels)} wheels, expected 1")
+        check_wheel(wheels[0])
+        out_dir.mkdir(parents=True, exist_ok=True)
+        final = out_dir / wheels[0].name.replace("-py3-", f"-{FIXES_VERSION}-py3-", 1)
+        tmp_final = final.with_suffix(".part")
+        shutil.copyfile(wheels[0], tmp_final)
+        os.replace(tmp_final, final)
+        return final
+
+
+def check_wheel(wheel: Path) -> None:
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+    if ZOO_CONFIG_IN_WHEEL not in names:
+        raise InstallError(f"{wheel.name} lacks {ZOO_CONFIG_IN_WHEEL}: the model-zoo configs were not packaged")
+    if any(n.endswith((".so", ".pyd")) for n in names):
+        raise InstallError(f"{wheel.name} carries a compiled extension; expected a pure-Python wheel")
+
+
+def cached_wheel(cache: Path) -> Optional[Path]:
+    found = sorted(cache.glob(f"detectron2-0.6-{FIXES_VERSION}-py3-none-any.whl"))
+    return found[-1] if found else None
+
+
+def existing_detectron2() -> Optional[str]:
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None:
+        return None
+    return next(iter(spec.submodule_search_locations or []), spec.origin)
+
+
+def obtain_sdist(cache: Path, given: Optional[Path], log: Callable[[str], None]) -> Path:
+    if given is not None:
+        if not given.is_file():
+            raise InstallError(f"--sdist {given}: no such file")
+        verify_sdist(given)
+        return given
+    cache.mkdir(parents=True, exist_ok=True)
+    path = cache / SDIST_NAME
+    if not path.is_file():
+        log(f"downloading {SDIST_NAME} from {_index_url()}")
+        download_sdist(path)
+    verify_sdist(path)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sdist", type=Path, help=f"a local copy of {SDIST_NAME} (checked by sha256)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $TOPKD_CACHE or ~/.cache/topkd_det")
+    parser.add_argument("--force", action="store_true", help="install even if a Detectron2 is importable")
+    parser.add_argument("-c", "--constraint", type=Path, help="pip constraints file for Detectron2's dependencies")
+    args = parser.parse_args(argv)
+    log = lambda msg: print(f"[install_detectron2] {msg}", flush=True)  # noqa: E731
+
+    found = existing_detectron2()
+    if found and not args.force:
+        log(f"Detectron2 is already importable from {found}; leaving it alone")
+        return 0
+    cache = args.cache_dir or default_cache_dir()
+    try:
+        wheel = None if args.sdist else cached_wheel(cache)
+        if wheel is None:
+            sdist = obtain_sdist(cache, args.sdist, log)
+            wheel = build_wheel(sdist, cache, log)
+        else:
+            log(f"using cached wheel {wheel}")
+        cmd = [sys.executable, "-m", "pip", "install", "-q", str(wheel)]
+        if args.constraint:
+            cmd += ["-c", str(args.constraint)]
+        log("pip install " + wheel.name)
+        if subprocess.run(cmd).returncode != 0:
+            raise InstallError(f"pip install {wheel} failed (see pip's output above)")
+    except InstallError as e:
+        print(f"[install_detectron2] ERROR: {e}", file=sys.stderr)
+        return 1
+    log("done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
