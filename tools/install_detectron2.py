@@ -82,6 +82,7 @@ _COCOEVAL_FALLBACK = (
     "    COCOeval_opt = COCOeval\n"
 )
 _NUMPY_ALIAS_RE = r"\bnp\.(bool|int|float|str|object)\b(?!_)"
+_ZOO_CONFIG_PATH = 'os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", config_path)'
 _PIL_CONSTANTS = {"LINEAR": "BILINEAR", "CUBIC": "BICUBIC", "ANTIALIAS": "LANCZOS"}
 _PIL_RE = r"\bImage\.(LINEAR|CUBIC|ANTIALIAS)\b"
 
@@ -153,10 +154,10 @@ FIXES: List[Fix] = [
         files=["detectron2/model_zoo/model_zoo.py"],
         edit=lambda t: re.sub(
             r"pkg_resources\.resource_filename\(\s*\"detectron2\.model_zoo\", os\.path\.join\(\"configs\", config_path\)\s*\)",
-            'os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", config_path)',
+            _ZOO_CONFIG_PATH,
             t,
         ).replace("import pkg_resources\n", ""),
-        is_applied=lambda t: "pkg_resources" not in t,
+        is_applied=lambda t: "pkg_resources" not in t and _ZOO_CONFIG_PATH in t,
     ),
     Fix(
         name="numpy-aliases",

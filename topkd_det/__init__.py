@@ -1,0 +1,1 @@
+"""TopKD (Top-scaled Knowledge Distillation) for Detectron2 detection and classification."""

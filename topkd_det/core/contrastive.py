@@ -1,0 +1,135 @@
+"""Instance-level contrastive loss between student and teacher logits (spec §5, paper Eq. 1).
+
+``A = sim(s, t') / τ`` and ``L = ½ [CE(A, arange(N)) + CE(Aᵀ, arange(N))]``: row n of the student
+must pick out row n of the teacher among the batch and vice versa.
+"""
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+NEGATIVES = ("all", "other_label")
+
+
+def _similarity(s: torch.Tensor, t: torch.Tensor, temperature: float, normalize: bool) -> torch.Tensor:
+    if normalize:
+        s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    return s @ t.transpose(-1, -2) / temperature
+
+
+def _symmetric_ce(sim: torch.Tensor, blocked: Optional[torch.Tensor], valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean of the row-wise and column-wise CE whose targets are the diagonal of ``sim`` (..., n, n).
+
+    ``blocked`` marks off-diagonal pairs left out of the softmax denominators; ``valid`` marks real
+    rows when ``sim`` is a padded batch of groups.
+    """
+    if blocked is not None:
+        sim = sim.masked_fill(blocked, float("-inf"))
+    diag = torch.diagonal(sim, dim1=-2, dim2=-1)
+    per_row = torch.logsumexp(sim, dim=-1) - diag
+    per_col = torch.logsumexp(sim, dim=-2) - diag
+    per_item = 0.5 * (per_row + per_col)
+    if valid is None:
+        return per_item.mean()
+    return per_item[valid].mean()
+
+
+def _same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
+    same = labels.unsqueeze(-1) == labels.unsqueeze(-2)
+    eye = torch.eye(labels.shape[-1], dtype=torch.bool, device=labels.device)
+    return same & ~eye
+
+
+def _grouped(s, t, temperature, normalize, labels, negatives, groups):
+    """Contrast rows only within their own group: a padded batch of per-group n×n blocks."""
+    order = torch.argsort(groups, stable=True)
+    _, counts = torch.unique_consecutive(groups[order], return_counts=True)
+    n_groups, width = counts.numel(), int(counts.max())
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(groups.numel(), device=s.device) - torch.repeat_interleave(starts, counts)
+    group_of = torch.repeat_interleave(torch.arange(n_groups, device=s.device), counts)
+
+    def pad(x, fill=0.0):
+        out = x.new_full((n_groups, width) + x.shape[1:], fill)
+        out[group_of, slot] = x[order]
+        return out
+
+    valid = torch.zeros(n_groups, width, dtype=torch.bool, device=s.device)
+    valid[group_of, slot] = True
+    sim = _similarity(pad(s), pad(t), temperature, normalize)
+    eye = torch.eye(width, dtype=torch.bool, device=s.device)
+    # Padding slots are blocked everywhere except their own diagonal (keeps their rows finite; they
+    # are dropped from the mean by ``valid``).
+    blocked = ~(valid.unsqueeze(-1) & valid.unsqueeze(-2)) & ~eye
+    if negatives == "other_label":
+        blocked = blocked | _same_label_pairs(pad(labels, -1))
+    return _symmetric_ce(sim, blocked, valid)
+
+
+def _gathered(s, t, temperature, normalize, labels, negatives):
+    """Negatives from every rank: local student rows against all teacher rows, and local teacher
+    rows against all student rows; only the local student rows carry gradient."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    n = torch.tensor([s.shape[0]], device=s.device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes = [int(x) for x in sizes]
+    width = max(sizes)
+
+    def gather(x):
+        padded = x.new_zeros((width,) + x.shape[1:])
+        padded[: x.shape[0]] = x.detach()
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        return [p[:m] for p, m in zip(parts, sizes)]
+
+    t_all = torch.cat(gather(t))
+    s_parts = gather(s)
+    s_parts[rank] = s
+    s_all = torch.cat(s_parts)
+    offset = sum(sizes[:rank])
+    target = torch.arange(s.shape[0], device=s.device) + offset
+    a_row = _similarity(s, t_all, temperature, normalize)
+    a_col = _similarity(t, s_all, temperature, normalize)
+    if negatives == "other_label":
+        labels_all = torch.cat(gather(labels))
+        blocked = labels.unsqueeze(1) == labels_all.unsqueeze(0)
+        blocked[torch.arange(s.shape[0], device=s.device), target] = False
+        a_row = a_row.masked_fill(blocked, float("-inf"))
+        a_col = a_col.masked_fill(blocked, float("-inf"))
+    return 0.5 * (F.cross_entropy(a_row, target) + F.cross_entropy(a_col, target))
+
+
+def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, normalize: bool = True,
+                     labels: Optional[torch.Tensor] = None, negatives: str = "all",
+                     groups: Optional[torch.Tensor] = None, gather: bool = False) -> torch.Tensor:
+    """Symmetric InfoNCE between student rows and (scaled) teacher rows.
+
+    Args:
+        temperature: τ > 0.
+        normalize: cosine similarity (True) or the paper's literal dot product ``s tᵀ`` (False).
+        labels, negatives: with ``negatives='other_label'`` a pair (i, j ≠ i) with equal labels is
+            left out of both softmax denominators.
+        groups: per-row group id (``scope=image`` in detection): rows contrast only within their group.
+        gather: take negatives from every rank of the default process group (data parallel).
+    Returns 0 for fewer than two rows.
+    """
+    if temperature <= 0:
+        raise ValueError(f"contrastive temperature must be > 0, got {temperature}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {NEGATIVES}, got {negatives!r}")
+    if negatives == "other_label" and labels is None:
+        raise ValueError("negatives='other_label' needs labels")
+    if gather and groups is not None:
+        raise ValueError("gather=True contrasts across ranks and cannot be combined with per-image groups")
+    s = s.float()
+    t = t.detach().float()
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return _gathered(s, t, temperature, normalize, labels, negatives)
+    if s.shape[0] < 2:
+        return s.sum() * 0.0
+    if groups is not None:
+        return _grouped(s, t, temperature, normalize, labels, negatives, groups)
+    blocked = _same_label_pairs(labels) if negatives == "other_label" else None
+    return _symmetric_ce(_similarity(s, t, temperature, normalize), blocked, None)

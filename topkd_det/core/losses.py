@@ -1,0 +1,253 @@
+"""Configurable distillation objectives: ``build_loss`` turns a config into an ``nn.Module`` whose
+``forward(s, t, y, progress)`` returns a dict of named, already weighted loss terms (spec §6, §7, §9).
+"""
+import copy
+import logging
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .baselines import dkd_loss, gdkd_loss, kd_loss, standardize, wttm_loss
+from .contrastive import NEGATIVES, contrastive_loss
+from .tdl import tdl_loss
+from .topk import partition_from_topk, teacher_topk, tsm_from_topk
+from .validation import check_k, check_labels, check_pair, label_range_error, nonfinite_or_bad_labels
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("none", "kd", "dkd", "ttm", "wttm", "gdkd", "topkd")
+TOPKD_MODES = ("kl", "contrastive", "contrastive+tsm", "contrastive+tdl", "topkd")
+NONFINITE_POLICIES = ("error", "skip")
+SCOPES = ("batch", "image")
+
+# Every knob, with its default. Config nodes (yacs, upper-case keys) mirror this tree; the README's
+# knob table documents each value and why it is the default.
+LOSS_DEFAULTS: Dict[str, Any] = {
+    "method": "topkd",
+    "mode": "topkd",
+    "ce_weight": 1.0,
+    "warmup": 0.0,
+    "logit_standardize": False,
+    "nonfinite": "error",
+    "kd": {"weight": 1.0, "temperature": 4.0},
+    "dkd": {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0},
+    "ttm": {"weight": 1.0, "l": 0.1},
+    "wttm": {"weight": 1.0, "l": 0.1},
+    "gdkd": {"weight": 1.0, "k": 5, "w0": 1.0, "w1": 8.0, "w2": 8.0, "temperature": 4.0},
+    "topkd": {
+        "k": 10,
+        "rank_gain": 0.5,
+        "gt_gain": 1.0,
+        "shift": 0.5,
+        "alpha": 3.0,
+        "beta": 1.0,
+        "con_weight": 1.0,
+        "tdl_weight": 1.0,
+        "temperature": 0.2,
+        "normalize": True,
+        "negatives": "all",
+        "scope": "batch",
+        "foreground_only": False,
+        "max_rows": 0,
+        "gather": False,
+        "kl_temperature": 4.0,
+    },
+    "plugin": {"tsm": False, "tdl": False},
+}
+
+
+def _lower_tree(node: Any) -> Any:
+    """A yacs/Detectron2 CfgNode (upper-case keys) or a plain mapping, as a lower-case dict tree."""
+    if isinstance(node, Mapping):
+        return {str(k).lower(): _lower_tree(v) for k, v in node.items()}
+    return node
+
+
+def _merge(base: Dict[str, Any], override: Mapping[str, Any], path: str = "") -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        where = f"{path}{key}"
+        if key not in base:
+            raise KeyError(f"unknown distillation option '{where}'; valid options here: {sorted(base)}")
+        if isinstance(base[key], dict):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"distillation option '{where}' is a group; give a mapping, not {value!r}")
+            out[key] = _merge(base[key], value, where + ".")
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_options(cfg_or_name: Any = None, **overrides: Any) -> Dict[str, Any]:
+    """Defaults, then the config node or method name, then keyword overrides (nested dicts allowed)."""
+    options = copy.deepcopy(LOSS_DEFAULTS)
+    if isinstance(cfg_or_name, str):
+        options["method"] = cfg_or_name
+    elif cfg_or_name is not None:
+        options = _merge(options, _lower_tree(cfg_or_name))
+    options = _merge(options, _lower_tree(overrides))
+    for key, valid in (("method", METHODS), ("nonfinite", NONFINITE_POLICIES)):
+        if options[key] not in valid:
+            raise ValueError(f"unknown distillation {key} {options[key]!r}; valid: {', '.join(valid)}")
+    top = options["topkd"]
+    if options["mode"] not in TOPKD_MODES:
+        raise ValueError(f"unknown TopKD mode {options['mode']!r}; valid: {', '.join(TOPKD_MODES)}")
+    if top["negatives"] not in NEGATIVES:
+        raise ValueError(f"unknown topkd.negatives {top['negatives']!r}; valid: {', '.join(NEGATIVES)}")
+    if top["scope"] not in SCOPES:
+        raise ValueError(f"unknown topkd.scope {top['scope']!r}; valid: {', '.join(SCOPES)}")
+    if top["temperature"] <= 0:
+        raise ValueError(f"topkd.temperature must be > 0, got {top['temperature']}")
+    if options["warmup"] < 0:
+        raise ValueError(f"warmup must be >= 0, got {options['warmup']}")
+    return options
+
+
+class DistillationLoss(nn.Module):
+    """CE plus one distillation method on (N, C) logits.
+
+    ``forward(s, t, y, progress=1.0, groups=None)`` returns ``{"loss_<term>": weighted scalar}``;
+    the trainer sums the values and logs each. ``progress`` is in the unit of ``warmup`` (epochs in
+    classification, iterations in detection); distillation terms are scaled by
+    ``min(progress / warmup, 1)``. ``groups`` gives each row's image for ``topkd.scope='image'``.
+    Terms whose weight is 0 are left out (detection sets ``ce_weight=0``: its box predictor
+    already has the CE).
+    """
+
+    def __init__(self, options: Dict[str, Any], num_classes: Optional[int] = None,
+                 background_index: Optional[int] = None):
+        super().__init__()
+        self.options = options
+        self.method = options["method"]
+        self.num_classes = num_classes
+        self.background_index = background_index
+        top = options["topkd"]
+        if self.method == "topkd":
+            self.uses_topk = options["mode"] != "kl"
+        else:
+            self.uses_topk = self.method != "none" and any(options["plugin"].values())
+        if self.uses_topk and num_classes is not None:
+            check_k(top["k"], num_classes)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _ramp(self, progress: float) -> float:
+        warmup = self.options["warmup"]
+        return 1.0 if warmup <= 0 else min(progress / warmup, 1.0)
+
+    def _validate(self, s, t, y):
+        check_pair(s, t)
+        num_classes = s.shape[1]
+        if self.num_classes is not None and num_classes != self.num_classes:
+            raise ValueError(f"logits have C={num_classes} classes, the loss was built for {self.num_classes}")
+        if self.uses_topk:
+            check_k(self.options["topkd"]["k"], num_classes)
+        check_labels(y, s.shape[0], num_classes)
+        finite, labels_ok = nonfinite_or_bad_labels(s.detach(), t, y, num_classes)
+        if not labels_ok:
+            raise label_range_error(y, num_classes)
+        return finite
+
+    def _topkd_terms(self, s, t, y, groups) -> Dict[str, torch.Tensor]:
+        opt, top = self.options, self.options["topkd"]
+        mode = opt["mode"]
+        if mode == "kl":
+            return {"loss_kl": opt["kd"]["weight"] * kd_loss(s, t, top["kl_temperature"])}
+        use_tsm = mode in ("contrastive+tsm", "topkd")
+        use_tdl = mode in ("contrastive+tdl", "topkd")
+        order = teacher_topk(t, top["k"]) if (use_tsm or use_tdl) else None
+        t_scaled = tsm_from_topk(t, y, order, top["rank_gain"], top["gt_gain"], top["shift"]) if use_tsm else t
+        terms = {"loss_con": top["con_weight"] * self._contrastive(s, t_scaled, y, groups)}
+        if use_tdl:
+            pos, neg, non = partition_from_topk(t, y, order)
+            terms["loss_tdl"] = top["tdl_weight"] * tdl_loss(s, t_scaled, pos, neg, non, top["alpha"], top["beta"])
+        return terms
+
+    def _contrastive(self, s, t, y, groups):
+        top = self.options["topkd"]
+        if top["scope"] == "image" and groups is None:
+            raise ValueError("topkd.scope='image' needs the per-row image ids (groups=...)")
+        rows = None
+        if top["foreground_only"]:
+            if self.background_index is None:
+                raise ValueError("topkd.foreground_only needs a background class (detection only)")
+            rows = (y != self.background_index).nonzero().squeeze(1)
+        n = s.shape[0] if rows is None else rows.numel()
+        if top["max_rows"] and n > top["max_rows"]:
+            pick = torch.randperm(n, device=s.device)[: top["max_rows"]]
+            rows = pick if rows is None else rows[pick]
+        if rows is not None:
+            s, t, y = s[rows], t[rows], y[rows]
+            groups = groups[rows] if groups is not None else None
+        return contrastive_loss(
+            s, t, top["temperature"], normalize=top["normalize"], labels=y, negatives=top["negatives"],
+            groups=groups if top["scope"] == "image" else None, gather=top["gather"],
+        )
+
+    def _base_term(self, s, t, y) -> Dict[str, torch.Tensor]:
+        opt = self.options
+        if opt["logit_standardize"]:
+            s, t = standardize(s), standardize(t)
+        m = self.method
+        if m == "kd":
+            value = kd_loss(s, t, opt["kd"]["temperature"])
+        elif m == "dkd":
+            d = opt["dkd"]
+            value = dkd_loss(s, t, y, d["alpha"], d["beta"], d["temperature"])
+        elif m in ("ttm", "wttm"):
+            value = wttm_loss(s, t, opt[m]["l"], weighted=m == "wttm")
+        else:
+            g = opt["gdkd"]
+            value = gdkd_loss(s, t, g["k"], g["w0"], g["w1"], g["w2"], g["temperature"])
+        return {f"loss_{m}": opt[m]["weight"] * value}
+
+    def _base_terms_with_plugins(self, s, t, y) -> Dict[str, torch.Tensor]:
+        """Paper Fig. 4: ``B(s, TSM(t)) + w_tdl · TDL(s, TSM(t))`` for a base loss B."""
+        top, plugin = self.options["topkd"], self.options["plugin"]
+        order = teacher_topk(t, top["k"]) if (plugin["tsm"] or plugin["tdl"]) else None
+        t_for_base = tsm_from_topk(t, y, order, top["rank_gain"], top["gt_gain"], top["shift"]) if plugin["tsm"] else t
+        terms = self._base_term(s, t_for_base, y)
+        if plugin["tdl"]:
+            pos, neg, non = partition_from_topk(t, y, order)
+            terms["loss_tdl"] = top["tdl_weight"] * tdl_loss(s, t_for_base, pos, neg, non, top["alpha"], top["beta"])
+        return terms
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, progress: float = 1.0,
+                groups: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        t = t.detach()
+        if not self._validate(s, t, y):
+            if self.options["nonfinite"] == "error":
+                raise FloatingPointError(
+                    "non-finite student or teacher logits; set nonfinite='skip' (DISTILL.NONFINITE: skip) "
+                    "to skip such batches with a warning instead"
+                )
+            logger.warning("skipping a batch with non-finite logits (%d rows)", s.shape[0])
+            # Zero with a graph through the student, so every rank still runs backward under DDP.
+            return {"loss_skipped": s.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0}
+        s32, t32 = s.float(), t.float()
+        terms: Dict[str, torch.Tensor] = {}
+        if self.options["ce_weight"]:
+            terms["loss_ce"] = self.options["ce_weight"] * F.cross_entropy(s32, y)
+        if self.method == "none":
+            return terms
+        distill = self._topkd_terms(s32, t32, y, groups) if self.method == "topkd" else self._base_terms_with_plugins(s32, t32, y)
+        ramp = self._ramp(progress)
+        terms.update({name: ramp * value for name, value in distill.items()})
+        return terms
+
+
+def build_loss(cfg_or_name: Any = None, num_classes: Optional[int] = None, background_index: Optional[int] = None,
+               **overrides: Any) -> DistillationLoss:
+    """Build a distillation objective from a method name, a config node/mapping, and keyword overrides.
+
+    Examples::
+
+        build_loss("kd", kd={"temperature": 4.0})
+        build_loss(cfg.DISTILL, num_classes=100)          # yacs node with upper-case keys
+        build_loss("topkd", mode="contrastive+tdl", topkd={"k": 5})
+
+    ``num_classes`` (optional) lets a bad K fail here rather than on the first batch.
+    """
+    return DistillationLoss(resolve_options(cfg_or_name, **overrides), num_classes, background_index)

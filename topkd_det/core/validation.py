@@ -1,0 +1,49 @@
+"""Input checks shared by every loss: clear errors instead of stack traces from inside torch."""
+from typing import Optional
+
+import torch
+
+
+def check_k(k: int, num_classes: int) -> None:
+    """Spec §1: 1 <= K and 2K + 2 <= C, so Pos, Neg and Non are all non-empty."""
+    max_k = (num_classes - 2) // 2
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1 or 2 * k + 2 > num_classes:
+        raise ValueError(
+            f"TopKD K={k} is invalid for C={num_classes} classes: K must be an integer with "
+            f"1 <= K <= {max_k} (2K + 2 <= C)" + ("" if max_k >= 1 else "; C must be at least 4")
+        )
+
+
+def check_pair(s: torch.Tensor, t: torch.Tensor) -> None:
+    if s.dim() != 2:
+        raise ValueError(f"student logits must be 2-D (N, C), got shape {tuple(s.shape)}")
+    if s.shape != t.shape:
+        raise ValueError(
+            f"student logits {tuple(s.shape)} and teacher logits {tuple(t.shape)} differ in shape; "
+            "both must be (N, C) over the same rows and classes"
+        )
+
+
+def check_labels(y: Optional[torch.Tensor], n: int, num_classes: int) -> None:
+    """Shape and dtype checks only; the value range is checked in ``check_values`` (one sync)."""
+    if y is None:
+        return
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"labels must be an integer tensor, got {y.dtype}")
+
+
+def nonfinite_or_bad_labels(s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], num_classes: int):
+    """Return (logits_finite, labels_in_range) with a single device-to-host sync."""
+    flags = [torch.isfinite(s).all(), torch.isfinite(t).all()]
+    if y is not None and y.numel():
+        flags.append(((y >= 0) & (y < num_classes)).all())
+    values = torch.stack(flags).tolist()
+    return bool(values[0] and values[1]), bool(all(values[2:]))
+
+
+def label_range_error(y: torch.Tensor, num_classes: int) -> ValueError:
+    return ValueError(
+        f"labels must lie in [0, {num_classes}), got min {int(y.min())} and max {int(y.max())}"
+    )
