@@ -1,0 +1,203 @@
+"""build_loss: config handling, the Table-4 modes, plug-ins, warmup, weights, options and errors."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from topkd_det.core import (LOSS_DEFAULTS, build_loss, contrastive_loss, dkd_loss, kd_loss, standardize, tdl_loss,
+                            topk_partition, tsm)
+from topkd_det.distill_config import distill_cfg_node
+
+N, C = 12, 20
+
+
+@pytest.fixture
+def logits():
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(N, C, generator=g, requires_grad=True)
+    t = torch.randn(N, C, generator=g) * 3
+    y = torch.randint(0, C, (N,), generator=g)
+    return s, t, y
+
+
+def _f(d):
+    return {k: float(v.detach()) for k, v in d.items()}
+
+
+def test_topkd_total_is_ce_plus_contrastive_plus_tdl(logits):
+    s, t, y = logits
+    top = dict(LOSS_DEFAULTS["topkd"], k=4)
+    out = _f(build_loss("topkd", topkd={"k": 4})(s, t, y))
+    t2 = tsm(t, y, 4, top["rank_gain"], top["gt_gain"], top["shift"])
+    masks = topk_partition(t, y, 4)
+    assert out["loss_ce"] == pytest.approx(float(F.cross_entropy(s, y)), rel=1e-6)
+    assert out["loss_con"] == pytest.approx(float(contrastive_loss(s, t2, top["temperature"])), rel=1e-6)
+    assert out["loss_tdl"] == pytest.approx(float(tdl_loss(s, t2, *masks, 3.0, 1.0)), rel=1e-6)
+
+
+@pytest.mark.parametrize("mode,terms,scaled", [
+    ("kl", {"loss_ce", "loss_kl"}, None),
+    ("contrastive", {"loss_ce", "loss_con"}, False),
+    ("contrastive+tsm", {"loss_ce", "loss_con"}, True),
+    ("contrastive+tdl", {"loss_ce", "loss_con", "loss_tdl"}, False),
+    ("topkd", {"loss_ce", "loss_con", "loss_tdl"}, True),
+])
+def test_table4_modes(logits, mode, terms, scaled):
+    s, t, y = logits
+    out = _f(build_loss("topkd", mode=mode, topkd={"k": 3})(s, t, y))
+    assert set(out) == terms
+    if mode == "kl":
+        assert out["loss_kl"] == pytest.approx(float(kd_loss(s, t, 4.0)), rel=1e-6)
+        return
+    d = LOSS_DEFAULTS["topkd"]
+    teacher = tsm(t, y, 3, d["rank_gain"], d["gt_gain"], d["shift"]) if scaled else t
+    assert out["loss_con"] == pytest.approx(float(contrastive_loss(s, teacher, d["temperature"])), rel=1e-6)
+    if "loss_tdl" in out:
+        assert out["loss_tdl"] == pytest.approx(float(tdl_loss(s, teacher, *topk_partition(t, y, 3))), rel=1e-6)
+
+
+def test_plugin_applies_tsm_to_the_base_loss_and_adds_tdl(logits):
+    s, t, y = logits
+    opts = {"k": 3, "rank_gain": 0.7, "gt_gain": 1.5, "shift": 0.3, "tdl_weight": 2.0}
+    out = _f(build_loss("dkd", plugin={"tsm": True, "tdl": True}, topkd=opts)(s, t, y))
+    t2 = tsm(t, y, 3, 0.7, 1.5, 0.3)
+    assert out["loss_dkd"] == pytest.approx(float(dkd_loss(s, t2, y, 1.0, 8.0, 4.0)), rel=1e-6)
+    assert out["loss_tdl"] == pytest.approx(2.0 * float(tdl_loss(s, t2, *topk_partition(t, y, 3))), rel=1e-6)
+    only_tdl = _f(build_loss("dkd", plugin={"tdl": True}, topkd={"k": 3})(s, t, y))
+    assert only_tdl["loss_dkd"] == pytest.approx(float(dkd_loss(s, t, y, 1.0, 8.0, 4.0)), rel=1e-6)
+
+
+def test_logit_standardization_feeds_the_base_loss(logits):
+    s, t, y = logits
+    out = _f(build_loss("kd", logit_standardize=True, kd={"temperature": 2.0, "weight": 9.0})(s, t, y))
+    assert out["loss_kd"] == pytest.approx(9.0 * float(kd_loss(standardize(s), standardize(t), 2.0)), rel=1e-6)
+
+
+def test_warmup_ramps_distillation_terms_only(logits):
+    s, t, y = logits
+    loss = build_loss("kd", warmup=20.0)
+    full = _f(loss(s, t, y, progress=40.0))
+    quarter = _f(loss(s, t, y, progress=5.0))
+    assert quarter["loss_ce"] == pytest.approx(full["loss_ce"])
+    assert quarter["loss_kd"] == pytest.approx(0.25 * full["loss_kd"], rel=1e-6)
+    assert _f(loss(s, t, y, progress=0.0))["loss_kd"] == 0.0
+
+
+def test_zero_weight_terms_are_left_out(logits):
+    s, t, y = logits
+    assert set(build_loss("kd", ce_weight=0.0)(s, t, y)) == {"loss_kd"}
+    assert set(build_loss("none")(s, t, y)) == {"loss_ce"}
+
+
+def test_config_node_and_kwargs_agree(logits):
+    s, t, y = logits
+    node = distill_cfg_node()
+    node.merge_from_list(["METHOD", "topkd", "TOPKD.K", 5, "TOPKD.TEMPERATURE", 0.5, "TOPKD.NEGATIVES", "other_label"])
+    a = _f(build_loss(node, num_classes=C)(s, t, y))
+    b = _f(build_loss("topkd", topkd={"k": 5, "temperature": 0.5, "negatives": "other_label"})(s, t, y))
+    assert a == pytest.approx(b)
+
+
+def test_image_scope_equals_per_image_losses(logits):
+    s, t, y = logits
+    groups = torch.tensor([0] * 5 + [1] * 7)
+    perm = torch.randperm(N)  # rows of one image need not be contiguous
+    out = build_loss("topkd", topkd={"k": 3, "scope": "image", "shift": 0.0, "rank_gain": 0.0, "gt_gain": 0.0})(
+        s[perm], t[perm], y[perm], groups=groups[perm])
+    tau = LOSS_DEFAULTS["topkd"]["temperature"]
+    parts = [contrastive_loss(s[:5], t[:5], tau) * 5, contrastive_loss(s[5:], t[5:], tau) * 7]
+    assert float(out["loss_con"]) == pytest.approx(float(sum(parts) / N), rel=1e-5)
+
+
+def test_foreground_only_uses_non_background_rows(logits):
+    s, t, y = logits
+    y = y.clone()
+    y[:7] = C - 1  # background in detection is the last class
+    out = build_loss("topkd", topkd={"k": 3, "foreground_only": True, "rank_gain": 0.0, "gt_gain": 0.0, "shift": 0.0},
+                     background_index=C - 1)(s, t, y)
+    tau = LOSS_DEFAULTS["topkd"]["temperature"]
+    assert float(out["loss_con"]) == pytest.approx(float(contrastive_loss(s[7:], t[7:], tau)), rel=1e-6)
+
+
+def test_max_rows_bounds_the_contrastive_batch(logits, monkeypatch):
+    s, t, y = logits
+    import topkd_det.core.losses as losses_module
+
+    seen = []
+    real = losses_module.contrastive_loss
+
+    def spy(a, b, *args, **kwargs):
+        seen.append(a.shape[0])
+        return real(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(losses_module, "contrastive_loss", spy)
+    build_loss("topkd", topkd={"k": 3, "max_rows": 5})(s, t, y)
+    assert seen == [5]
+
+
+def test_amp_inputs_give_float32_terms(logits):
+    s, t, y = logits
+    loss = build_loss("topkd", topkd={"k": 3})
+    ref = _f(loss(s, t, y))
+    for dtype, tol in ((torch.float16, 2e-2), (torch.bfloat16, 5e-2)):
+        out = loss(s.detach().to(dtype), t.to(dtype), y)
+        assert all(v.dtype == torch.float32 for v in out.values())
+        assert _f(out) == pytest.approx(ref, rel=tol, abs=tol)
+
+
+def test_no_gradient_reaches_the_teacher(logits):
+    s, t, y = logits
+    t = t.clone().requires_grad_(True)
+    for method in ("kd", "dkd", "wttm", "gdkd", "topkd"):
+        sum(build_loss(method, topkd={"k": 3})(s, t, y).values()).backward()
+    assert t.grad is None
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+# -- bad input -------------------------------------------------------------------------------------
+def test_unknown_method_and_mode_list_valid_ones():
+    with pytest.raises(ValueError, match="unknown distillation method 'kdd'.*kd, dkd"):
+        build_loss("kdd")
+    with pytest.raises(ValueError, match="unknown TopKD mode 'tsm'.*contrastive\\+tsm"):
+        build_loss("topkd", mode="tsm")
+    with pytest.raises(KeyError, match="unknown distillation option 'topkd.kk'"):
+        build_loss("topkd", topkd={"kk": 3})
+
+
+def test_invalid_k_fails_at_build_with_k_and_c():
+    with pytest.raises(ValueError, match=r"K=5 is invalid for C=10.*1 <= K <= 4"):
+        build_loss("topkd", num_classes=10, topkd={"k": 5})
+    with pytest.raises(ValueError, match=r"K=10 is invalid for C=20"):
+        build_loss("topkd")(torch.randn(4, 20), torch.randn(4, 20), torch.zeros(4, dtype=torch.long))
+
+
+def test_shape_and_label_errors(logits):
+    s, t, y = logits
+    loss = build_loss("kd")
+    with pytest.raises(ValueError, match=r"\(12, 20\) and teacher logits \(12, 19\)"):
+        loss(s, t[:, :19], y)
+    bad = y.clone()
+    bad[0] = C
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 20\)"):
+        loss(s, t, bad)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        loss(s, t, y[:3])
+
+
+def test_nonfinite_logits_error_or_skip(logits, caplog):
+    s, t, y = logits
+    t = t.clone()
+    t[2, 3] = math.nan
+    with pytest.raises(FloatingPointError, match="nonfinite='skip'"):
+        build_loss("topkd", topkd={"k": 3})(s, t, y)
+    out = build_loss("topkd", topkd={"k": 3}, nonfinite="skip")(s, t, y)
+    assert set(out) == {"loss_skipped"} and float(out["loss_skipped"]) == 0.0
+    out["loss_skipped"].backward()  # still a graph through the student (DDP needs every rank to backward)
+    assert "skipping a batch with non-finite logits" in caplog.text
+
+
+def test_scope_image_needs_groups(logits):
+    s, t, y = logits
+    with pytest.raises(ValueError, match="needs the per-row image ids"):
+        build_loss("topkd", topkd={"k": 3, "scope": "image"})(s, t, y)

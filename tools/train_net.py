@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Train or evaluate a TopKD/KD/DKD-distilled Faster R-CNN, the Detectron2 way.
+
+    python tools/train_net.py --config-file configs/COCO-Detection/topkd_R101_R18.yaml --num-gpus 8
+    python tools/train_net.py --config-file ... --resume                 # continue a killed run
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
+    python tools/train_net.py --config-file ... --eval-teacher           # the teacher alone
+
+Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.DISTILL.TOPKD.K 5 SOLVER.MAX_ITER 1000``.
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detectron2.engine import default_argument_parser, launch  # noqa: E402
+
+from topkd_det.detection import engine  # noqa: E402
+
+
+def main(args):
+    cfg = engine.setup_cfg(args.config_file, args.opts, args)
+    if args.eval_teacher:
+        return engine.evaluate_teacher(cfg)
+    if args.eval_only:
+        return engine.evaluate_student(cfg, cfg.MODEL.WEIGHTS, resume=args.resume)
+    return engine.train(cfg, resume=args.resume)
+
+
+def parser():
+    p = default_argument_parser(__doc__)
+    p.add_argument("--eval-teacher", action="store_true", help="evaluate the teacher of the config alone")
+    return p
+
+
+if __name__ == "__main__":
+    args = parser().parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))

@@ -1,0 +1,28 @@
+"""Config keys of the Detectron2 extension: ``add_topkd_config(cfg)``, in Detectron2's style."""
+from detectron2.config import CfgNode as CN
+
+from ..distill_config import distill_cfg_node
+from .backbones import add_mobilenet_config
+
+TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def add_topkd_config(cfg: CN) -> None:
+    """Add the teacher (``MODEL.TEACHER``), the distillation loss (``MODEL.DISTILL``) and the extra
+    backbones' keys to a Detectron2 config. Idempotent."""
+    if "TEACHER" in cfg.MODEL:
+        return
+    add_mobilenet_config(cfg)
+
+    cfg.MODEL.TEACHER = CN()
+    # The teacher's own Detectron2 config (a path, or "zoo:<model-zoo name>") and its weights.
+    cfg.MODEL.TEACHER.CONFIG_FILE = ""
+    cfg.MODEL.TEACHER.WEIGHTS = ""
+    # The teacher only runs forward, so it may run in reduced precision (autocast).
+    cfg.MODEL.TEACHER.DTYPE = "float32"
+
+    cfg.MODEL.DISTILL = distill_cfg_node(CN)
+    cfg.MODEL.DISTILL.METHOD = "none"
+    # The student's box predictor already applies CE to the same ROI logits (its loss_cls).
+    cfg.MODEL.DISTILL.CE_WEIGHT = 0.0
+    # Warmup and progress are in iterations in detection.

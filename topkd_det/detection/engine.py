@@ -1,0 +1,89 @@
+"""Training and evaluation entry points in Detectron2's ``DefaultTrainer`` style."""
+import os
+from typing import List
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import DefaultTrainer, HookBase, default_setup
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+from tqdm import tqdm
+
+from .config import add_topkd_config
+from .datasets import check_dataset_registered, register_builtin_synthetic
+from .teacher import FrozenTeacher
+
+
+class ProgressBar(HookBase):
+    """A tqdm bar over the iterations of the main process, beside Detectron2's periodic log lines."""
+
+    def before_train(self):
+        self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc="train",
+                         unit="it", dynamic_ncols=True, disable=not comm.is_main_process())
+
+    def after_step(self):
+        self._bar.update(1)
+
+    def after_train(self):
+        self._bar.close()
+
+
+class DistillTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with COCO evaluation and a progress bar; the model comes from
+    ``MODEL.META_ARCHITECTURE`` (``DistillRCNN`` for distillation, ``GeneralizedRCNN`` otherwise)."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def build_hooks(self):
+        return super().build_hooks() + [ProgressBar()]
+
+
+def check_datasets(cfg: CfgNode) -> None:
+    """Fail before any work if a dataset in DATASETS.TRAIN/TEST is not registered."""
+    register_builtin_synthetic()
+    for key in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[key]:
+            check_dataset_registered(name, key=f"DATASETS.{key}")
+
+
+def setup_cfg(config_file: str, opts: List[str], args=None) -> CfgNode:
+    cfg = get_cfg()
+    add_topkd_config(cfg)
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"--config-file: no such file {config_file!r}")
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(opts)
+    cfg.freeze()
+    if args is not None:
+        default_setup(cfg, args)
+    check_datasets(cfg)
+    return cfg
+
+
+def student_only(cfg: CfgNode) -> CfgNode:
+    """The config of the student as a plain Faster R-CNN: what inference and evaluation run."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.freeze()
+    return cfg
+
+
+def evaluate_student(cfg: CfgNode, weights: str, resume: bool = False):
+    cfg = student_only(cfg)
+    model = DistillTrainer.build_model(cfg)
+    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights, resume=resume)
+    return DistillTrainer.test(cfg, model)
+
+
+def evaluate_teacher(cfg: CfgNode):
+    return DistillTrainer.test(cfg, FrozenTeacher.from_student_cfg(cfg).model)
+
+
+def train(cfg: CfgNode, resume: bool = False):
+    trainer = DistillTrainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    return trainer.train()
