@@ -6,17 +6,26 @@ scalar; the teacher never receives a gradient.
 import torch
 import torch.nn.functional as F
 
+from .validation import at_least_float32, check_label_values, check_pair
+
+
+def _prepare(s: torch.Tensor, t: torch.Tensor):
+    check_pair(s, t)
+    return at_least_float32(s), at_least_float32(t.detach())
+
 
 def standardize(z: torch.Tensor) -> torch.Tensor:
     """Logit standardisation (Sun et al., CVPR 2024): ``(z − mean) / (std + 1e-7)`` per row,
     with torch's default unbiased std as in the authors' code."""
+    z = at_least_float32(z)
     return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + 1e-7)
 
 
 def kd_loss(s: torch.Tensor, t: torch.Tensor, temperature: float) -> torch.Tensor:
     """Hinton et al.: ``T² · mean_n KL(softmax(t/T) ‖ softmax(s/T))``."""
+    s, t = _prepare(s, t)
     log_p_s = F.log_softmax(s / temperature, dim=1)
-    log_p_t = F.log_softmax(t.detach() / temperature, dim=1)
+    log_p_t = F.log_softmax(t / temperature, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * temperature ** 2
 
 
@@ -38,7 +47,13 @@ def dkd_loss(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, alpha: float, be
     TCKD is the KL of the binary (target, rest) split; NCKD the KL among non-target classes, the
     target masked out by subtracting 1000 from its logit/T. Both batch-mean and × T².
     """
-    t = t.detach()
+    s, t = _prepare(s, t)
+    check_label_values(y, s.shape[0], s.shape[1])
+    return _dkd(s, t, y, alpha, beta, temperature)
+
+
+def _dkd(s, t, y, alpha, beta, temperature):
+    """``dkd_loss`` on checked float inputs (the loss module has validated them once already)."""
     gt = torch.zeros_like(s, dtype=torch.bool).scatter_(1, y.long().unsqueeze(1), True)
     p_s = F.softmax(s / temperature, dim=1)
     p_t = F.softmax(t / temperature, dim=1)
@@ -55,7 +70,8 @@ def wttm_loss(s: torch.Tensor, t: torch.Tensor, l: float, weighted: bool = True)
     ``p̃ = softmax(t)^l / Σ softmax(t)^l``; TTM is ``mean_n KL(p̃ ‖ softmax(s))``; WTTM weights row n
     by ``Σ_c softmax(t_n)_c^l``.
     """
-    powered = F.softmax(t.detach(), dim=1).pow(l)
+    s, t = _prepare(s, t)
+    powered = F.softmax(t, dim=1).pow(l)
     norm = powered.sum(dim=1, keepdim=True)
     p_t = powered / norm
     kl = F.kl_div(F.log_softmax(s, dim=1), p_t, reduction="none").sum(dim=1)
@@ -78,7 +94,7 @@ def gdkd_loss(s: torch.Tensor, t: torch.Tensor, k: int, w0: float, w1: float, w2
     """
     if not 1 <= k < s.shape[1]:
         raise ValueError(f"GDKD top-k={k} must satisfy 1 <= k < C={s.shape[1]}")
-    t = t.detach()
+    s, t = _prepare(s, t)
     top, rest = _top_split_masks(t, k)
     p_s = F.softmax(s / temperature, dim=1)
     p_t = F.softmax(t / temperature, dim=1)

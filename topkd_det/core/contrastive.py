@@ -9,6 +9,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .validation import at_least_float32, check_pair
+
 NEGATIVES = ("all", "other_label")
 
 
@@ -123,8 +125,11 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
         raise ValueError("negatives='other_label' needs labels")
     if gather and groups is not None:
         raise ValueError("gather=True contrasts across ranks and cannot be combined with per-image groups")
-    s = s.float()
-    t = t.detach().float()
+    check_pair(s, t)
+    for name, ids in (("labels", labels), ("groups", groups)):
+        if ids is not None and tuple(ids.shape) != (s.shape[0],):
+            raise ValueError(f"{name} must have shape ({s.shape[0]},), got {tuple(ids.shape)}")
+    s, t = at_least_float32(s), at_least_float32(t.detach())
     if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         return _gathered(s, t, temperature, normalize, labels, negatives)
     if s.shape[0] < 2:

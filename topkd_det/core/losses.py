@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .baselines import dkd_loss, gdkd_loss, kd_loss, standardize, wttm_loss
+from .baselines import _dkd, gdkd_loss, kd_loss, standardize, wttm_loss
 from .contrastive import NEGATIVES, contrastive_loss
 from .tdl import tdl_loss
 from .topk import partition_from_topk, teacher_topk, tsm_from_topk
@@ -194,7 +194,7 @@ class DistillationLoss(nn.Module):
             value = kd_loss(s, t, opt["kd"]["temperature"])
         elif m == "dkd":
             d = opt["dkd"]
-            value = dkd_loss(s, t, y, d["alpha"], d["beta"], d["temperature"])
+            value = _dkd(s, t, y, d["alpha"], d["beta"], d["temperature"])
         elif m in ("ttm", "wttm"):
             value = wttm_loss(s, t, opt[m]["l"], weighted=m == "wttm")
         else:

@@ -1,6 +1,8 @@
 """Masked cosine (spec §3) and the Top-K Decoupled Loss (spec §4, paper Eq. 4)."""
 import torch
 
+from .validation import at_least_float32, check_pair
+
 EPS = 1e-8
 
 
@@ -18,7 +20,11 @@ def masked_cosine(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch
 def tdl_loss(s: torch.Tensor, t_scaled: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor, non: torch.Tensor,
              alpha: float = 3.0, beta: float = 1.0) -> torch.Tensor:
     """``1 − mean_n[α cos_Pos + β cos_Neg + cos_Non]`` between student and scaled teacher logits."""
-    t_scaled = t_scaled.detach()
+    check_pair(s, t_scaled)
+    for name, mask in (("pos", pos), ("neg", neg), ("non", non)):
+        if mask.shape != s.shape:
+            raise ValueError(f"mask {name} has shape {tuple(mask.shape)}, the logits {tuple(s.shape)}")
+    s, t_scaled = at_least_float32(s), at_least_float32(t_scaled.detach())
     score = (alpha * masked_cosine(s, t_scaled, pos) + beta * masked_cosine(s, t_scaled, neg)
              + masked_cosine(s, t_scaled, non))
     return 1.0 - score.mean()

@@ -3,7 +3,7 @@ from typing import Tuple
 
 import torch
 
-from .validation import check_k
+from .validation import at_least_float32, check_k, check_label_values
 
 Masks = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -50,6 +50,7 @@ def tsm_from_topk(t: torch.Tensor, y: torch.Tensor, top: torch.Tensor, rank_gain
 
 def topk_partition(t: torch.Tensor, y: torch.Tensor, k: int) -> Masks:
     """Boolean (N, C) masks: Pos = TopK(t) ∪ {y}; Neg = the K smallest of t outside Pos; Non = the rest."""
+    check_label_values(y, t.shape[0], t.shape[1])
     return partition_from_topk(t, y, teacher_topk(t, k))
 
 
@@ -60,7 +61,6 @@ def tsm(t: torch.Tensor, y: torch.Tensor, k: int, rank_gain: float, gt_gain: flo
     top-1 is not y, ``w_y = max(w_y, 1 + g_gt)``; ``Δ = λ (mean of top-K − mean of the rest)``.
     The result is float32 (or float64 for float64 input) and carries no gradient.
     """
-    t = t.detach()
-    if t.dtype not in (torch.float32, torch.float64):
-        t = t.float()
+    check_label_values(y, t.shape[0], t.shape[1])
+    t = at_least_float32(t.detach())
     return tsm_from_topk(t, y, teacher_topk(t, k), rank_gain, gt_gain, shift)

@@ -4,6 +4,11 @@ from typing import Optional
 import torch
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 (AMP) logits are computed in float32; float64 stays float64 (gradcheck)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def check_k(k: int, num_classes: int) -> None:
     """Spec §1: 1 <= K and 2K + 2 <= C, so Pos, Neg and Non are all non-empty."""
     max_k = (num_classes - 2) // 2
@@ -47,3 +52,10 @@ def label_range_error(y: torch.Tensor, num_classes: int) -> ValueError:
     return ValueError(
         f"labels must lie in [0, {num_classes}), got min {int(y.min())} and max {int(y.max())}"
     )
+
+
+def check_label_values(y: torch.Tensor, n: int, num_classes: int) -> None:
+    """Shape, dtype and range of labels, for the functional API (one device-to-host sync)."""
+    check_labels(y, n, num_classes)
+    if y.numel() and not bool(((y >= 0) & (y < num_classes)).all()):
+        raise label_range_error(y, num_classes)
