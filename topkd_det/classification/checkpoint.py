@@ -1,0 +1,91 @@
+"""Weight files in and out: atomic checkpoint writes, and state-dict loading that accepts the common
+checkpoint wrappers and explains a mismatch instead of printing torch's raw key dump."""
+import os
+from collections import Counter
+from typing import Any, Dict, List, Mapping
+
+import torch
+from torch import nn
+
+# Keys under which training scripts nest the model's state dict: mdistiller/CRD ("model"),
+# pytorch-lightning and many others ("state_dict"), older repos ("net").
+_WRAPPER_KEYS = ("model", "state_dict", "net")
+# Shown per kind of mismatch; the counts are always given in full.
+_SHOWN = 5
+
+
+class WeightsError(RuntimeError):
+    """A weights file that cannot be read, or does not fit the model."""
+
+
+def save_atomic(obj: Any, path: str) -> None:
+    """Write to a temporary file in the same directory, then ``os.replace``: a kill mid-write leaves
+    the previous file intact, never a truncated one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_file(path: str) -> Any:
+    """``torch.load`` restricted to tensors and plain containers (``weights_only``); MultiStepLR keeps
+    its milestones in a ``Counter``, so that one class is allowed too."""
+    if not os.path.isfile(path):
+        raise WeightsError(f"no such weights file {path!r}")
+    try:
+        with torch.serialization.safe_globals([Counter]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
+        raise WeightsError(
+            f"{path!r} could not be loaded as a torch weights file ({type(err).__name__}: {err}). Files that "
+            "pickle arbitrary Python objects are refused; re-save just the state dict: "
+            "torch.save(model.state_dict(), path)"
+        ) from None
+
+
+def extract_state_dict(obj: Any, path: str = "<object>") -> Dict[str, torch.Tensor]:
+    """The tensor mapping inside a plain state dict or a ``{"model"|"state_dict"|"net": ...}`` checkpoint,
+    with DataParallel's ``module.`` prefix removed."""
+    while isinstance(obj, Mapping) and not _is_state_dict(obj):
+        key = next((k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if key is None:
+            raise WeightsError(
+                f"{path!r} holds neither a state dict nor one under {list(_WRAPPER_KEYS)}; top-level keys: "
+                f"{sorted(map(str, obj))[:10]}"
+            )
+        obj = obj[key]
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path!r} holds a {type(obj).__name__}, not a state dict")
+    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _is_state_dict(obj: Mapping) -> bool:
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _listed(kind: str, keys: List[str]) -> str:
+    more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
+    return f"{len(keys)} {kind}: {', '.join(keys[:_SHOWN])}{more}"
+
+
+def load_weights(model: nn.Module, path: str, what: str) -> None:
+    """Load ``path`` into ``model`` exactly (every key, every shape); ``what`` names the model in errors
+    (e.g. ``"teacher 'resnet32x4' (MODEL.TEACHER_WEIGHTS)"``)."""
+    state = extract_state_dict(load_file(path), path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+                   if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong_shape:
+        problems = [_listed(kind, keys) for kind, keys in (
+            ("missing keys", missing), ("unexpected keys", unexpected),
+            ("shape mismatches (file vs model)", wrong_shape),
+        ) if keys]
+        raise WeightsError(
+            f"{path!r} does not fit the {what}: " + "; ".join(problems)
+            + ". Check that the architecture name matches the checkpoint."
+        )
+    model.load_state_dict(state)

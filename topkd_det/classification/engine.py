@@ -1,0 +1,408 @@
+"""The classification trainer: SGD with a multi-step LR, the loss warmup, AMP, DDP, atomic checkpoints
+with exact resume, and logging to metrics.jsonl, TensorBoard and a progress bar.
+
+Exact resume: each epoch's data order comes from (SEED, epoch) through ``DistributedSampler``, and the
+checkpoint written after every epoch holds every RNG the next epoch draws from (augmentation, dropout,
+loss subsampling). So a run killed at any point and resumed with ``--resume`` continues from the last
+completed epoch and ends with the same weights as an uninterrupted run. ``metrics.jsonl`` is
+append-only: lines a killed run wrote after its last checkpoint are written again after resuming
+(take the last line per epoch).
+"""
+import contextlib
+import json
+import logging
+import os
+import random
+import time
+from typing import Any, Dict, List, NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+from .checkpoint import load_file, save_atomic
+from .data import TensorImages, build_splits, collate_batch, describe
+from .distiller import Distiller, build_distill_loss, build_student, build_teacher
+
+logger = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.pth"
+RESULTS_FILE = "results.json"
+
+
+# --- processes -------------------------------------------------------------------------------------
+class Env(NamedTuple):
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Env:
+    """Join the process group torchrun describes in the environment (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Env(rank, dist.get_world_size() if dist.is_initialized() else 1, device)
+
+
+def _barrier(env: Env) -> None:
+    if env.world > 1:
+        dist.barrier()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # all devices
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every RNG of this process as plain types (numpy's key array as a list), so the checkpoint
+    loads with ``weights_only``."""
+    np_state = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+class Meters:
+    """Sums and counts of named per-sample means; ``reduce`` averages them over every rank."""
+
+    def __init__(self):
+        self.sums: Dict[str, torch.Tensor] = {}
+        self.counts: Dict[str, float] = {}
+
+    def add(self, n: int, **values: torch.Tensor) -> None:
+        for name, value in values.items():
+            value = value.detach().float() * n
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+            self.counts[name] = self.counts.get(name, 0) + n
+
+    def reduce(self, env: Env) -> Dict[str, float]:
+        names = sorted(self.sums)
+        if env.world > 1:
+            # A rank that skipped a non-finite batch has a 'loss_skipped' the others lack: agree on names.
+            gathered: List[Optional[List[str]]] = [None] * env.world
+            dist.all_gather_object(gathered, names)
+            names = sorted(set().union(*gathered))
+        if not names:
+            return {}
+        zero = torch.zeros((), device=env.device)
+        packed = torch.stack([torch.stack([self.sums.get(k, zero).to(env.device).float(),
+                                           torch.tensor(float(self.counts.get(k, 0)), device=env.device)])
+                              for k in names])
+        if env.world > 1:
+            dist.all_reduce(packed)
+        return {k: s / c for k, (s, c) in zip(names, packed.tolist()) if c > 0}
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> Dict[str, torch.Tensor]:
+    """Fraction (in %) of rows whose label is among the top-k logits, for each k (capped at C)."""
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = top == y.unsqueeze(1)
+    return {f"top{k}": hits[:, :k].any(dim=1).float().mean() * 100 for k in ks}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, env: Env, autocast) -> Dict[str, float]:
+    """Top-1/top-5 (%) and mean CE over the loader's data, summed over the ranks' disjoint shards."""
+    was_training = model.training
+    model.eval()
+    meters = Meters()
+    for x, y in loader:
+        x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+        with autocast():
+            logits = model(x)
+        logits = logits.float()
+        meters.add(len(y), loss=nn.functional.cross_entropy(logits, y), **topk_correct(logits, y))
+    model.train(was_training)
+    return meters.reduce(env)
+
+
+# --- data loaders ----------------------------------------------------------------------------------
+def _loader(dataset: Dataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
+    # Workers are not persistent: each epoch's workers are seeded from the global RNG, which the
+    # checkpoint restores, so augmentation after a resume is the same as without the kill.
+    in_memory = isinstance(dataset, TensorImages)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
+        collate_fn=collate_batch if in_memory else None, pin_memory=torch.cuda.is_available(),
+    )
+
+
+def _shard(dataset: Dataset, env: Env) -> Dataset:
+    """Rank r evaluates items r, r+W, ...: disjoint and complete, unlike DistributedSampler's padding."""
+    if env.world == 1:
+        return dataset
+    indices = torch.arange(env.rank, len(dataset), env.world)
+    return dataset.view(indices) if isinstance(dataset, TensorImages) else Subset(dataset, indices.tolist())
+
+
+# --- trainer ---------------------------------------------------------------------------------------
+class Trainer:
+    """One training run of ``cfg`` (frozen CfgNode from ``load_cls_cfg``) in ``cfg.OUTPUT_DIR``."""
+
+    def __init__(self, cfg, env: Optional[Env] = None):
+        self.cfg = cfg
+        self.env = env or setup_distributed()
+        if cfg.SOLVER.BATCH_SIZE % self.env.world:
+            raise ValueError(f"SOLVER.BATCH_SIZE={cfg.SOLVER.BATCH_SIZE} is the global batch and must divide "
+                             f"evenly over {self.env.world} processes")
+        self.out = cfg.OUTPUT_DIR
+        os.makedirs(self.out, exist_ok=True)
+        seed_everything(cfg.SEED)  # same initial weights on every rank
+        self.splits = build_splits(cfg)
+        self.student = build_student(cfg).to(self.env.device)
+        teacher = build_teacher(cfg)
+        self.teacher = teacher.to(self.env.device) if teacher is not None else None
+        if self.env.rank:  # decorrelate augmentation across ranks; rank 0 keeps the single-process stream
+            seed_everything(cfg.SEED + 1000 * self.env.rank)
+        wrapped = self.student
+        if self.env.world > 1:
+            device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(self.student, device_ids=device_ids)
+        self.distiller = Distiller(wrapped, self.teacher, build_distill_loss(cfg))
+
+        s = cfg.SOLVER
+        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=s.LR, momentum=s.MOMENTUM,
+                                         weight_decay=s.WEIGHT_DECAY)
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(s.LR_DECAY_STAGES), s.LR_DECAY_RATE)
+        amp_dtype = torch.bfloat16 if cfg.AMP.DTYPE == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=cfg.AMP.ENABLED and cfg.AMP.DTYPE == "fp16")
+        self.autocast = lambda: torch.autocast(self.env.device.type, dtype=amp_dtype, enabled=cfg.AMP.ENABLED)
+
+        self.sampler = DistributedSampler(self.splits.train, num_replicas=self.env.world, rank=self.env.rank,
+                                          shuffle=True, seed=cfg.SEED)
+        workers = cfg.DATASET.NUM_WORKERS
+        self.train_loader = _loader(self.splits.train, s.BATCH_SIZE // self.env.world, workers, self.sampler)
+        self.eval_loaders = {name: _loader(_shard(ds, self.env), cfg.TEST.BATCH_SIZE, workers)
+                             for name, ds in (("val", self.splits.val), ("test", self.splits.test)) if ds is not None}
+        self.start_epoch = 0
+        self.records: Dict[str, Any] = {"last": None, "best": None, "teacher": None}
+        self.writer = None
+        if self.env.main and cfg.LOG.TENSORBOARD:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(os.path.join(self.out, "tb"))
+        logger.info("data %s, student %s, teacher %s, method %s, %d process(es) on %s", describe(self.splits),
+                    cfg.MODEL.STUDENT, cfg.MODEL.TEACHER or "-", cfg.DISTILL.METHOD, self.env.world, self.env.device)
+
+    # -- logging ----------------------------------------------------------------------------------
+    def _log(self, record: Dict[str, Any], step: int) -> None:
+        if not self.env.main:
+            return
+        with open(os.path.join(self.out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("epoch", "iter", "step"):
+                    # Prefixed with the record type: per-iteration and per-epoch curves have different x axes.
+                    self.writer.add_scalar(f"{record['type']}/{key}", value, step)
+            self.writer.flush()
+
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _gathered_rng(self) -> List[Dict[str, Any]]:
+        if self.env.world == 1:
+            return [rng_state()]
+        states: List[Optional[Dict[str, Any]]] = [None] * self.env.world
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def save_checkpoint(self, epochs_done: int) -> None:
+        """Called on every rank (the RNG states are gathered); rank 0 writes."""
+        rng = self._gathered_rng()
+        if self.env.main:
+            state = {
+                "model": self.student.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "epoch": epochs_done,
+                "records": self.records,
+                "rng": rng,
+                "world_size": self.env.world,
+                "config": self.cfg.dump(),
+            }
+            save_atomic(state, os.path.join(self.out, LAST_CHECKPOINT))
+            if epochs_done % self.cfg.CHECKPOINT_PERIOD == 0 or epochs_done == self.cfg.SOLVER.EPOCHS:
+                save_atomic(state, os.path.join(self.out, f"ckpt_epoch_{epochs_done}.pth"))
+        _barrier(self.env)
+
+    def resume(self) -> bool:
+        """Continue from ``OUTPUT_DIR/last.pth`` if it exists; return whether it did."""
+        path = os.path.join(self.out, LAST_CHECKPOINT)
+        if not os.path.isfile(path):
+            logger.info("no checkpoint at %s: starting from scratch", path)
+            return False
+        state = load_file(path)
+        self.student.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.records = state["epoch"], state["records"]
+        if state["world_size"] == self.env.world:
+            set_rng_state(state["rng"][self.env.rank])
+        else:
+            logger.warning("checkpoint was written by %d process(es), resuming with %d: the data order is the "
+                           "same, augmentation randomness is not", state["world_size"], self.env.world)
+        logger.info("resumed from %s after epoch %d", path, self.start_epoch)
+        return True
+
+    # -- loops ------------------------------------------------------------------------------------
+    def evaluate_all(self, model: nn.Module) -> Dict[str, float]:
+        out = {}
+        for name, loader in self.eval_loaders.items():
+            out.update({f"{name}/{k}": v for k, v in evaluate(model, loader, self.env, self.autocast).items()})
+        return out
+
+    def train_one_epoch(self, epoch: int) -> Dict[str, float]:
+        cfg, env = self.cfg, self.env
+        self.distiller.train()
+        self.sampler.set_epoch(epoch)
+        iters = len(self.train_loader)
+        epoch_meters, period_meters = Meters(), Meters()
+        # disable=None: no bar when stderr is not a terminal (logs, CI); metrics.jsonl has the numbers.
+        bar = tqdm(total=iters, disable=None if env.main else True, desc=f"epoch {epoch + 1}/{cfg.SOLVER.EPOCHS}",
+                   dynamic_ncols=True, leave=False)
+        for it, (x, y) in enumerate(self.train_loader):
+            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+            with self.autocast():
+                logits, losses = self.distiller(x, y, progress=epoch + it / iters)
+            loss = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            values = {**losses, "loss": loss, **topk_correct(logits.detach().float(), y)}
+            epoch_meters.add(len(y), **values)
+            period_meters.add(len(y), **values)
+            bar.update()
+            step = epoch * iters + it + 1
+            if step % cfg.LOG.PERIOD == 0 or it + 1 == iters:
+                means = period_meters.reduce(env)
+                period_meters = Meters()
+                lr = self.optimizer.param_groups[0]["lr"]
+                self._log({"type": "train_iter", "epoch": epoch + 1, "iter": it + 1, "step": step, "lr": lr,
+                           **{f"train/{k}": v for k, v in means.items()}}, step)
+                bar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{lr:.3g}")
+        bar.close()
+        self._sync_buffers()
+        return epoch_meters.reduce(env)
+
+    def _sync_buffers(self) -> None:
+        """DDP broadcasts rank 0's BatchNorm statistics at the start of each forward, and every rank then
+        updates its own copy; after the last step give all ranks rank 0's, the ones the checkpoint
+        holds, so that every rank evaluates the model that is saved."""
+        if self.env.world > 1:
+            for buffer in self.student.buffers():
+                dist.broadcast(buffer, 0)
+
+    def _update_records(self, epoch: int, train: Dict[str, float], evals: Dict[str, float]) -> None:
+        record = {"epoch": epoch, **evals, "train/top1": train["top1"]}
+        self.records["last"] = record
+        # "best" is chosen on the held-out val split when there is one, else on the test split
+        # (the mdistiller/CRD protocol, where CIFAR's test set is called "val").
+        key = "val/top1" if "val/top1" in evals else "test/top1"
+        best = self.records["best"]
+        if best is None or record[key] > best[key]:
+            self.records["best"] = record
+
+    def results(self) -> Dict[str, Any]:
+        return {"seed": self.cfg.SEED, "epochs": self.cfg.SOLVER.EPOCHS, **self.records, "config": self.cfg.dump()}
+
+    def train(self, resume: bool = False) -> Dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        resumed = resume and self.resume()
+        if env.main and not resumed:
+            with open(os.path.join(self.out, "config.yaml"), "w") as f:
+                f.write(cfg.dump())
+        if not resumed and self.teacher is not None and cfg.TEST.EVAL_TEACHER:
+            self.records["teacher"] = self.evaluate_all(self.teacher)
+            self._log({"type": "teacher", "epoch": 0, **self.records["teacher"]}, 0)
+            logger.info("teacher %s: %s", cfg.MODEL.TEACHER, _fmt(self.records["teacher"]))
+        for epoch in range(self.start_epoch, cfg.SOLVER.EPOCHS):
+            lr = self.optimizer.param_groups[0]["lr"]
+            start = time.perf_counter()
+            train = self.train_one_epoch(epoch)
+            seconds = time.perf_counter() - start
+            self.scheduler.step()
+            evals = self.evaluate_all(self.student)
+            self._update_records(epoch + 1, train, evals)
+            self._log({"type": "epoch", "epoch": epoch + 1, "lr": lr, "train_seconds": seconds,
+                       **{f"train/{k}": v for k, v in train.items()}, **evals,
+                       **{f"best/{k}": v for k, v in self.records["best"].items() if k != "epoch"}}, epoch + 1)
+            logger.info("epoch %d/%d (%.1fs) train loss %.4f | %s | best %s", epoch + 1, cfg.SOLVER.EPOCHS, seconds,
+                        train["loss"], _fmt(evals), _fmt(self.records["best"]))
+            self.save_checkpoint(epoch + 1)
+        results = self.results()
+        if env.main:
+            save_json(results, os.path.join(self.out, RESULTS_FILE))
+            logger.info("last (epoch %d): %s", results["last"]["epoch"], _fmt(results["last"]))
+            logger.info("best (epoch %d): %s", results["best"]["epoch"], _fmt(results["best"]))
+        if self.writer is not None:
+            self.writer.close()
+        return results
+
+    def evaluate_only(self) -> Dict[str, float]:
+        """Evaluate MODEL.WEIGHTS if given (loaded when the student was built), else OUTPUT_DIR/last.pth."""
+        if not self.cfg.MODEL.WEIGHTS:
+            path = os.path.join(self.out, LAST_CHECKPOINT)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"--eval-only needs MODEL.WEIGHTS or a checkpoint at {path!r}")
+            self.student.load_state_dict(load_file(path)["model"])
+        metrics = self.evaluate_all(self.student)
+        self._log({"type": "eval", "weights": self.cfg.MODEL.WEIGHTS or LAST_CHECKPOINT, **metrics}, 0)
+        logger.info("eval: %s", _fmt(metrics))
+        return metrics
+
+
+def _fmt(metrics: Dict[str, Any]) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in metrics.items() if isinstance(v, float) and "top" in k)
+
+
+def save_json(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def distributed_session():
+    """Set up the process group for a tool's lifetime and tear it down after (torchrun or single process)."""
+    env = setup_distributed()
+    try:
+        yield env
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
