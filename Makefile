@@ -8,8 +8,10 @@ SETUP_INPUTS := setup.py requirements/lock.txt requirements/runtime.txt requirem
 STAMP := $(PYTHON_VENV)/.setup-$(shell cat $(SETUP_INPUTS) | sha256sum | cut -c1-16)
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
+DEMO_CLS_ARGS ?=
 
-.PHONY: setup test
+.PHONY: setup test demo demo-cls
 setup: $(STAMP)
 
 $(STAMP): $(SETUP_INPUTS)
@@ -19,3 +21,9 @@ $(STAMP): $(SETUP_INPUTS)
 
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) tools/demo.py $(DEMO_ARGS)
+
+demo-cls: setup
+	$(PY) benchmarks/cls_accuracy.py $(DEMO_CLS_ARGS)

@@ -12,12 +12,10 @@ chosen on the "val" columns (5k images held out of the train split); "test" is t
 set. "best" is the epoch with the highest val top-1, "last" the final epoch.
 """
 import argparse
-import csv
 import logging
 import os
-import statistics
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,6 +23,7 @@ import torch  # noqa: E402
 
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.engine import LAST_CHECKPOINT, Env, Trainer, setup_distributed  # noqa: E402
+from topkd_det.reporting import bar_chart, fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "fashion_mnist")
 METHODS = ("none", "kd", "dkd", "dkd_ls", "wttm", "gdkd", "topkd")
@@ -79,59 +78,33 @@ def train_student(args, method: str, seed: int, env: Env) -> Dict:
     return run_cached(load_cls_cfg(os.path.join(CONFIG_DIR, f"{method}.yaml"), opts + list(args.opts)), env)
 
 
-def mean_std(values: Sequence[float]):
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def summary_rows(teacher: Dict, runs: Dict[str, List[Dict]]) -> List[Dict[str, str]]:
     rows = [{"method": "teacher (fmnist_teacher)", "seeds": "0",
              **{label: f"{teacher[record][metric]:.2f}" for label, record, metric in COLUMNS}}]
     for method, results in runs.items():
-        row = {"method": method, "seeds": " ".join(str(r["seed"]) for r in results)}
-        for label, record, metric in COLUMNS:
-            mean, std = mean_std([r[record][metric] for r in results])
-            row[label] = f"{mean:.2f} ± {std:.2f}"
-        rows.append(row)
+        rows.append({"method": method, "seeds": " ".join(str(r["seed"]) for r in results),
+                     **{label: fmt_mean_std([r[record][metric] for r in results]) for label, record, metric in COLUMNS}})
     return rows
 
 
-def write_outputs(args, teacher: Dict, runs: Dict[str, List[Dict]]) -> None:
+def write_outputs(args, teacher: Dict, runs: Dict[str, List[Dict]]) -> str:
     rows = summary_rows(teacher, runs)
-    columns = list(rows[0])
-    budget = (f"student: {args.epochs} epochs on {args.train_subset or 'all'} train images; teacher: "
-              f"{args.teacher_epochs} epochs; extra opts: {' '.join(args.opts) or 'none'}")
-    lines = [f"Fashion-MNIST, fmnist_teacher -> fmnist_student, mean ± std over seeds. {budget}.", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in rows]
-    with open(os.path.join(args.output_dir, "results.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    with open(os.path.join(args.output_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["method", "seed", *(label for label, _, _ in COLUMNS)])
-        for method, results in runs.items():
-            for r in results:
-                writer.writerow([method, r["seed"], *(f"{r[record][metric]:.2f}" for _, record, metric in COLUMNS)])
-    plot(args, teacher, runs)
-
-
-def plot(args, teacher: Dict, runs: Dict[str, List[Dict]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    stats = [mean_std([r["best"]["test/top1"] for r in results]) for results in runs.values()]
-    fig, ax = plt.subplots(figsize=(1.2 * len(runs) + 2, 4))
-    ax.bar(list(runs), [m for m, _ in stats], yerr=[s for _, s in stats], capsize=4, color="tab:blue")
-    ax.axhline(teacher["best"]["test/top1"], color="tab:red", linestyle="--", label="teacher")
-    low = min(m - s for m, s in stats)
-    ax.set_ylim(low - 1.0, max(teacher["best"]["test/top1"], max(m + s for m, s in stats)) + 0.5)
-    ax.set_ylabel("test top-1 (%), epoch chosen on val")
-    ax.set_title(f"Fashion-MNIST student, {len(next(iter(runs.values())))} seed(s), {args.epochs} epoch(s)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.output_dir, "results.png"), dpi=120)
-    plt.close(fig)
+    columns = ["method", *(label for label, _, _ in COLUMNS), "seeds"]
+    notes = (f"Fashion-MNIST, fmnist_teacher -> fmnist_student, mean ± std over seeds. Student: {args.epochs} "
+             f"epochs on {args.train_subset or 'all'} train images; teacher: {args.teacher_epochs} epochs; extra "
+             f"opts: {' '.join(args.opts) or 'none'}. Command: python benchmarks/cls_accuracy.py {' '.join(sys.argv[1:])}")
+    text = write_markdown(os.path.join(args.output_dir, "results.md"), "Fashion-MNIST distillation benchmark",
+                          columns, rows, notes)
+    per_seed = [{"method": method, "seed": r["seed"],
+                 **{label: f"{r[record][metric]:.2f}" for label, record, metric in COLUMNS}}
+                for method, results in runs.items() for r in results]
+    write_csv(os.path.join(args.output_dir, "results.csv"), ["method", "seed", *columns[1:-1]], per_seed)
+    bar_chart(os.path.join(args.output_dir, "results.png"), list(runs),
+              [[r["best"]["test/top1"] for r in results] for results in runs.values()],
+              "test top-1 (%), epoch chosen on val",
+              f"Fashion-MNIST student, {len(args.seeds)} seed(s), {args.epochs} epoch(s)",
+              reference={"teacher": teacher["best"]["test/top1"]})
+    return text
 
 
 def main(argv=None) -> None:
@@ -154,7 +127,7 @@ def main(argv=None) -> None:
     env = setup_distributed()
     teacher = train_teacher(args, env)
     runs = {method: [train_student(args, method, seed, env) for seed in args.seeds] for method in args.methods}
-    write_outputs(args, teacher, runs)
+    print(write_outputs(args, teacher, runs))
     logger.info("wrote %s/results.{md,csv,png}", args.output_dir)
 
 

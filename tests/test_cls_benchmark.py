@@ -41,11 +41,11 @@ def _result(seed, test, val):
 def test_tables_and_plot(tmp_path):
     bench = _bench()
     args = bench.argparse.Namespace(output_dir=str(tmp_path), epochs=3, train_subset=10000, teacher_epochs=8,
-                                    opts=["DISTILL.TOPKD.TEMPERATURE", "0.5"])
+                                    seeds=[0, 1], opts=["DISTILL.TOPKD.TEMPERATURE", "0.5"])
     runs = {"none": [_result(0, 80.0, 81.0), _result(1, 82.0, 83.0)], "topkd": [_result(0, 84.0, 85.0)] * 2}
     bench.write_outputs(args, _result(0, 90.0, 91.0), runs)
     table = (tmp_path / "results.md").read_text()
-    assert "| none | 0 1 | 81.00 ± 1.41 | 81.00 ± 1.41 | 82.00 ± 1.41 | 82.00 ± 1.41 |" in table
+    assert "| none | 81.00 ± 1.41 | 81.00 ± 1.41 | 82.00 ± 1.41 | 82.00 ± 1.41 | 0 1 |" in table
     assert "DISTILL.TOPKD.TEMPERATURE 0.5" in table and "teacher (fmnist_teacher)" in table
     rows = (tmp_path / "results.csv").read_text().splitlines()
     assert rows[0] == "method,seed,test top-1 (best),test top-1 (last),val top-1 (best),val top-1 (last)"

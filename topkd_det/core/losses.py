@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from .baselines import _dkd, gdkd_loss, kd_loss, standardize, wttm_loss
 from .contrastive import NEGATIVES, contrastive_loss
-from .tdl import tdl_loss
-from .topk import partition_from_topk, teacher_topk, tsm_from_topk
-from .validation import check_k, check_labels, check_pair, label_range_error, nonfinite_or_bad_labels
+from .tdl import tdl_from_partition
+from .topk import partition_index, teacher_topk, tsm_from_topk
+from .validation import check_k, check_labels, check_pair, label_range_error
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ class DistillationLoss(nn.Module):
         warmup = self.options["warmup"]
         return 1.0 if warmup <= 0 else min(progress / warmup, 1.0)
 
-    def _validate(self, s, t, y):
+    def _check_shapes(self, s, t, y) -> None:
+        """Everything that can be checked without reading the tensors' values."""
         check_pair(s, t)
         num_classes = s.shape[1]
         if self.num_classes is not None and num_classes != self.num_classes:
@@ -144,10 +145,6 @@ class DistillationLoss(nn.Module):
         if self.uses_topk:
             check_k(self.options["topkd"]["k"], num_classes)
         check_labels(y, s.shape[0], num_classes)
-        finite, labels_ok = nonfinite_or_bad_labels(s.detach(), t, y, num_classes)
-        if not labels_ok:
-            raise label_range_error(y, num_classes)
-        return finite
 
     def _topkd_terms(self, s, t, y, groups) -> Dict[str, torch.Tensor]:
         opt, top = self.options, self.options["topkd"]
@@ -160,8 +157,8 @@ class DistillationLoss(nn.Module):
         t_scaled = tsm_from_topk(t, y, order, top["rank_gain"], top["gt_gain"], top["shift"]) if use_tsm else t
         terms = {"loss_con": top["con_weight"] * self._contrastive(s, t_scaled, y, groups)}
         if use_tdl:
-            pos, neg, non = partition_from_topk(t, y, order)
-            terms["loss_tdl"] = top["tdl_weight"] * tdl_loss(s, t_scaled, pos, neg, non, top["alpha"], top["beta"])
+            part = partition_index(t, y, order)
+            terms["loss_tdl"] = top["tdl_weight"] * tdl_from_partition(s, t_scaled, part, top["alpha"], top["beta"])
         return terms
 
     def _contrastive(self, s, t, y, groups):
@@ -209,30 +206,43 @@ class DistillationLoss(nn.Module):
         t_for_base = tsm_from_topk(t, y, order, top["rank_gain"], top["gt_gain"], top["shift"]) if plugin["tsm"] else t
         terms = self._base_term(s, t_for_base, y)
         if plugin["tdl"]:
-            pos, neg, non = partition_from_topk(t, y, order)
-            terms["loss_tdl"] = top["tdl_weight"] * tdl_loss(s, t_for_base, pos, neg, non, top["alpha"], top["beta"])
+            part = partition_index(t, y, order)
+            terms["loss_tdl"] = top["tdl_weight"] * tdl_from_partition(s, t_for_base, part, top["alpha"], top["beta"])
         return terms
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, progress: float = 1.0,
                 groups: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         t = t.detach()
-        if not self._validate(s, t, y):
-            if self.options["nonfinite"] == "error":
-                raise FloatingPointError(
-                    "non-finite student or teacher logits; set nonfinite='skip' (DISTILL.NONFINITE: skip) "
-                    "to skip such batches with a warning instead"
-                )
-            logger.warning("skipping a batch with non-finite logits (%d rows)", s.shape[0])
-            # Zero with a graph through the student, so every rank still runs backward under DDP.
-            return {"loss_skipped": s.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0}
-        s32, t32 = s.float(), t.float()
+        self._check_shapes(s, t, y)
+        num_classes = s.shape[1]
+        labels_ok = ((y >= 0) & (y < num_classes)).all()
+        # Indexing stays in range until the one value check below, which reads the label check and
+        # the finiteness of every term with a single device-to-host sync.
+        y_safe = y.clamp(0, num_classes - 1)
+        terms = self._terms(s.float(), t.float(), y_safe, progress, groups)
+        flags = torch.stack([labels_ok] + [torch.isfinite(v) for v in terms.values()]).tolist()
+        if not flags[0]:
+            raise label_range_error(y, num_classes)
+        if all(flags[1:]):
+            return terms
+        bad = [name for name, ok in zip(terms, flags[1:]) if not ok]
+        if self.options["nonfinite"] == "error":
+            raise FloatingPointError(
+                f"non-finite loss terms {bad} (non-finite student or teacher logits?); set nonfinite='skip' "
+                "(DISTILL.NONFINITE: skip) to skip such batches with a warning instead"
+            )
+        logger.warning("skipping a batch whose loss terms %s are non-finite (%d rows)", bad, s.shape[0])
+        # Zero with a graph through the student, so every rank still runs backward under DDP.
+        return {"loss_skipped": s.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0}
+
+    def _terms(self, s, t, y, progress, groups) -> Dict[str, torch.Tensor]:
         terms: Dict[str, torch.Tensor] = {}
         if self.options["ce_weight"]:
-            terms["loss_ce"] = self.options["ce_weight"] * F.cross_entropy(s32, y)
+            terms["loss_ce"] = self.options["ce_weight"] * F.cross_entropy(s, y)
         if self.method == "none":
             return terms
-        distill = self._topkd_terms(s32, t32, y, groups) if self.method == "topkd" else self._base_terms_with_plugins(s32, t32, y)
+        distill = self._topkd_terms(s, t, y, groups) if self.method == "topkd" else self._base_terms_with_plugins(s, t, y)
         ramp = self._ramp(progress)
         terms.update({name: ramp * value for name, value in distill.items()})
         return terms

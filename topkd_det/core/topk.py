@@ -6,27 +6,48 @@ import torch
 from .validation import at_least_float32, check_k, check_label_values
 
 Masks = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# Partition ids used by ``partition_index``: one int per logit instead of three boolean masks.
+POS, NEG, NON = 0, 1, 2
+
+
+def _k_extreme(x: torch.Tensor, k: int, largest: bool, ordered_ties: bool) -> torch.Tensor:
+    """Indices of the k largest (or smallest) entries per row, ties to the lower index.
+
+    ``torch.topk`` is far cheaper than a full sort but promises no order among equal values, so
+    rows where a tie could change the answer are redone with a stable sort. ``ordered_ties``: the
+    order within the k matters (ranks), not only which k are picked.
+    """
+    values, index = x.topk(k + 1, dim=1, largest=largest, sorted=True)
+    equal = values[:, 1:] == values[:, :-1]
+    tied = equal.any(dim=1) if ordered_ties else equal[:, k - 1]
+    if bool(tied.any()):
+        rows = tied.nonzero().squeeze(1)
+        index[rows] = torch.sort(x[rows], dim=1, descending=largest, stable=True).indices[:, : k + 1]
+    return index[:, :k]
 
 
 def teacher_topk(t: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (N, K) of the K largest teacher logits, best first; ties go to the lower index (§1)."""
     check_k(k, t.shape[1])
-    # A stable descending sort keeps equal logits in index order; torch.topk promises no tie order.
-    return torch.sort(t.detach(), dim=1, descending=True, stable=True).indices[:, :k]
+    return _k_extreme(t.detach(), k, largest=True, ordered_ties=True)
 
 
-def _mask(shape, index: torch.Tensor) -> torch.Tensor:
-    return torch.zeros(shape, dtype=torch.bool, device=index.device).scatter_(1, index, True)
+def _neg_indices(t: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
+    """The K smallest teacher logits outside Pos (Pos entries become +inf), ties to the lower index."""
+    return _k_extreme(t.detach().masked_fill(pos, float("inf")), k, largest=False, ordered_ties=False)
 
 
-def partition_from_topk(t: torch.Tensor, y: torch.Tensor, top: torch.Tensor) -> Masks:
-    k = top.shape[1]
-    pos = _mask(t.shape, top).scatter_(1, y.long().unsqueeze(1), True)
-    # Pos entries become +inf, so an ascending stable sort lists the K smallest non-Pos entries
-    # first, ties again to the lower index.
-    outside = t.detach().masked_fill(pos, float("inf"))
-    neg = _mask(t.shape, torch.sort(outside, dim=1, stable=True).indices[:, :k])
-    return pos, neg, ~(pos | neg)
+def _pos_mask(shape, top: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    pos = torch.zeros(shape, dtype=torch.bool, device=top.device).scatter_(1, top, True)
+    return pos.scatter_(1, y.long().unsqueeze(1), True)
+
+
+def partition_index(t: torch.Tensor, y: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    """(N, C) int64 with POS / NEG / NON per logit."""
+    pos = _pos_mask(t.shape, top, y)
+    part = torch.full(t.shape, NON, dtype=torch.long, device=t.device)
+    part.scatter_(1, _neg_indices(t, pos, top.shape[1]), NEG)
+    return part.masked_fill_(pos, POS)
 
 
 def tsm_from_topk(t: torch.Tensor, y: torch.Tensor, top: torch.Tensor, rank_gain: float, gt_gain: float,
@@ -44,14 +65,14 @@ def tsm_from_topk(t: torch.Tensor, y: torch.Tensor, top: torch.Tensor, rank_gain
 
     top_sum = t.gather(1, top).sum(dim=1, keepdim=True)
     delta = shift * (top_sum / k - (t.sum(dim=1, keepdim=True) - top_sum) / (c - k))
-    pos = _mask(t.shape, top).scatter_(1, y, True)
-    return torch.where(pos, t * w + delta, t)
+    return torch.where(_pos_mask(t.shape, top, y.squeeze(1)), t * w + delta, t)
 
 
 def topk_partition(t: torch.Tensor, y: torch.Tensor, k: int) -> Masks:
     """Boolean (N, C) masks: Pos = TopK(t) ∪ {y}; Neg = the K smallest of t outside Pos; Non = the rest."""
     check_label_values(y, t.shape[0], t.shape[1])
-    return partition_from_topk(t, y, teacher_topk(t, k))
+    part = partition_index(t, y, teacher_topk(t, k))
+    return part == POS, part == NEG, part == NON
 
 
 def tsm(t: torch.Tensor, y: torch.Tensor, k: int, rank_gain: float, gt_gain: float, shift: float) -> torch.Tensor:

@@ -39,15 +39,6 @@ def check_labels(y: Optional[torch.Tensor], n: int, num_classes: int) -> None:
         raise ValueError(f"labels must be an integer tensor, got {y.dtype}")
 
 
-def nonfinite_or_bad_labels(s: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], num_classes: int):
-    """Return (logits_finite, labels_in_range) with a single device-to-host sync."""
-    flags = [torch.isfinite(s).all(), torch.isfinite(t).all()]
-    if y is not None and y.numel():
-        flags.append(((y >= 0) & (y < num_classes)).all())
-    values = torch.stack(flags).tolist()
-    return bool(values[0] and values[1]), bool(all(values[2:]))
-
-
 def label_range_error(y: torch.Tensor, num_classes: int) -> ValueError:
     return ValueError(
         f"labels must lie in [0, {num_classes}), got min {int(y.min())} and max {int(y.max())}"

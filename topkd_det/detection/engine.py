@@ -18,8 +18,10 @@ class ProgressBar(HookBase):
     """A tqdm bar over the iterations of the main process, beside Detectron2's periodic log lines."""
 
     def before_train(self):
+        # Unset on the main process, so that tqdm's own TQDM_DISABLE environment variable applies.
+        disable = {} if comm.is_main_process() else {"disable": True}
         self._bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc="train",
-                         unit="it", dynamic_ncols=True, disable=not comm.is_main_process())
+                         unit="it", dynamic_ncols=True, **disable)
 
     def after_step(self):
         self._bar.update(1)

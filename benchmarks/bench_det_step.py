@@ -1,0 +1,174 @@
+#!/usr/bin/env python
+"""Training-step cost of distillation in detection, measured side by side in one run.
+
+    python benchmarks/bench_det_step.py                       # embedded configs (CPU-sized)
+    python benchmarks/bench_det_step.py --pair R101_R18 --device cuda --size 800 --batch 8
+
+Rows, interleaved round by round so that machine noise hits all alike:
+  student         the student Faster R-CNN alone: forward + backward + SGD step
+  teacher fwd     the frozen teacher alone: backbone + box head on the student's sampled ROIs
+  KD / TopKD      the DistillRCNN step with that loss
+The ratio distill / (student + teacher fwd) shows the overhead of running them together (the goal
+is <= 1.10). On CUDA the peak memory above the weights is reported too; the teacher runs under
+no_grad, so it should add no activation memory for backward.
+"""
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
+from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from topkd_det.detection import add_topkd_config  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PAIRS = {
+    "embedded": (REPO / "configs/embedded/topkd.yaml", REPO / "configs/embedded/teacher.yaml"),
+    "R101_R18": (REPO / "configs/COCO-Detection/topkd_R101_R18.yaml", None),
+    "R101_R50": (REPO / "configs/COCO-Detection/topkd_R101_R50.yaml", None),
+    "R50_MV2": (REPO / "configs/COCO-Detection/topkd_R50_MV2.yaml", None),
+}
+
+
+def student_cfg(pair, device, teacher_file=None, teacher_weights=None, method="none"):
+    config, teacher_config = PAIRS[pair]
+    cfg = get_cfg()
+    add_topkd_config(cfg)
+    cfg.merge_from_file(str(config))
+    cfg.MODEL.WEIGHTS = ""
+    cfg.MODEL.DEVICE = device
+    if teacher_config is not None:
+        cfg.MODEL.TEACHER.CONFIG_FILE = str(teacher_config)
+    if teacher_file:
+        cfg.MODEL.TEACHER.CONFIG_FILE, cfg.MODEL.TEACHER.WEIGHTS = teacher_file, teacher_weights
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN" if method == "none" else "DistillRCNN"
+    cfg.MODEL.DISTILL.METHOD = method
+    return cfg
+
+
+def random_teacher(cfg, out_dir: Path):
+    """The teacher of ``cfg`` with random weights, written where MODEL.TEACHER.WEIGHTS can read it:
+    timing does not depend on trained values, and nothing is downloaded."""
+    from topkd_det.detection.teacher import teacher_cfg_from
+
+    tcfg = teacher_cfg_from(cfg).clone()
+    tcfg.defrost()
+    tcfg.MODEL.WEIGHTS = ""
+    model = build_model(tcfg)
+    config_file, weights = out_dir / "teacher.yaml", out_dir / "teacher.pth"
+    config_file.write_text(tcfg.dump())
+    torch.save({"model": model.state_dict()}, weights)
+    return str(config_file), str(weights)
+
+
+def batch(n, size, num_classes, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        inst = Instances((size, size))
+        xy = torch.rand(4, 2, generator=g) * size * 0.6
+        wh = (0.1 + 0.3 * torch.rand(4, 2, generator=g)) * size
+        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], 1).clamp(max=size - 1))
+        inst.gt_classes = torch.randint(0, num_classes, (4,), generator=g)
+        out.append({"image": (torch.rand(3, size, size, generator=g) * 255).to(device), "instances": inst,
+                    "height": size, "width": size})
+    return out
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def train_step(model, optimizer, inputs):
+    losses = model(inputs)
+    optimizer.zero_grad(set_to_none=True)
+    sum(losses.values()).backward()
+    optimizer.step()
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", default="embedded", choices=list(PAIRS))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = p.parse_args()
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher_files = random_teacher(student_cfg(args.pair, args.device, method="kd"), Path(tmp))
+        models = {"student": build_model(student_cfg(args.pair, args.device))}
+        for method in ("kd", "topkd"):
+            cfg = student_cfg(args.pair, args.device, *teacher_files, method=method)
+            cfg.MODEL.TEACHER.DTYPE = args.teacher_dtype
+            models["KD" if method == "kd" else "TopKD"] = build_model(cfg)
+    num_classes = models["student"].roi_heads.num_classes
+    inputs = batch(args.batch, args.size, num_classes, args.device)
+    optimizers = {k: torch.optim.SGD(m.parameters(), lr=1e-4) for k, m in models.items()}
+    teacher = models["TopKD"].teacher
+    for m in models.values():
+        m.train()
+
+    captured = {}
+
+    def teacher_forward():
+        with torch.no_grad():
+            teacher.box_logits(inputs, captured["boxes"])
+
+    original = teacher.box_logits
+
+    def capture(b_inputs, boxes):
+        captured["boxes"] = boxes
+        return original(b_inputs, boxes)
+
+    teacher.box_logits = capture
+    with EventStorage(0):
+        train_step(models["TopKD"], optimizers["TopKD"], inputs)
+    teacher.box_logits = original
+
+    runs = {"student": lambda: train_step(models["student"], optimizers["student"], inputs),
+            "teacher fwd": teacher_forward,
+            "KD": lambda: train_step(models["KD"], optimizers["KD"], inputs),
+            "TopKD": lambda: train_step(models["TopKD"], optimizers["TopKD"], inputs)}
+    times = {k: [] for k in runs}
+    peaks = {}
+    with EventStorage(0):
+        for r in range(args.warmup + args.repeats):
+            for name, fn in runs.items():
+                if args.device.startswith("cuda") and r == args.warmup:
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                sync(args.device)
+                start = time.perf_counter()
+                fn()
+                sync(args.device)
+                if r >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+                if args.device.startswith("cuda") and r == args.warmup:
+                    peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    med = {k: statistics.median(v) for k, v in times.items()}
+    joint = med["student"] + med["teacher fwd"]
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.pair}: batch {args.batch} x {args.size} px on {where}; teacher dtype {args.teacher_dtype}; "
+          f"median of {args.repeats}\n")
+    print("| step | ms | ratio to student + teacher fwd | peak MiB |\n|---|---:|---:|---:|")
+    for name, t in med.items():
+        ratio = f"{t / joint:.2f}" if name in ("KD", "TopKD") else ""
+        peak = f"{peaks[name]:.0f}" if name in peaks else "n/a"
+        print(f"| {name} | {t * 1e3:.1f} | {ratio} | {peak} |")
+
+
+if __name__ == "__main__":
+    main()
