@@ -34,6 +34,8 @@ COLUMNS = (
     ("val top-1 (best)", "best", "val/top1"),
     ("val top-1 (last)", "last", "val/top1"),
 )
+# The default budget; benchmarks/cls_ablation.py uses the same.
+DEFAULTS = {"epochs": 3, "train_subset": 10000, "teacher_epochs": 8}
 logger = logging.getLogger("cls_accuracy")
 
 
@@ -111,9 +113,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=3, help="student epochs")
-    parser.add_argument("--train-subset", type=int, default=10000, help="student train images (0: all 55k)")
-    parser.add_argument("--teacher-epochs", type=int, default=8, help="teacher epochs on all 55k train images")
+    parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="student epochs")
+    parser.add_argument("--train-subset", type=int, default=DEFAULTS["train_subset"],
+                        help="student train images (0: all 55k)")
+    parser.add_argument("--teacher-epochs", type=int, default=DEFAULTS["teacher_epochs"],
+                        help="teacher epochs on all 55k train images")
     parser.add_argument("--output-dir", default="output/cls_bench")
     parser.add_argument("--teacher-dir", default="output/cls_bench/teacher")
     parser.add_argument("--threads", type=int, default=1,

@@ -136,3 +136,36 @@ def test_unknown_loss_name(tmp_path, teacher_files):
     cfg = distill_cfg(tmp_path, "fancy_kd", teacher=teacher_files)
     with pytest.raises(ValueError, match="unknown distillation method 'fancy_kd'.*topkd"):
         build_model(cfg)
+
+
+def test_teacher_sees_its_own_channel_order(tmp_path, teacher_files):
+    """The teacher (BGR) is fed the student's RGB images flipped, before its own normalisation."""
+    model = _build(tmp_path, teacher_files, "kd")
+    teacher = model.teacher
+    assert teacher.flip_channels
+    inputs = batch(1)
+    boxes = [inputs[0]["instances"].gt_boxes]
+    bgr_inputs = [dict(inputs[0], image=inputs[0]["image"].flip(0))]
+    flipped = teacher.box_logits(inputs, boxes)
+    teacher.flip_channels = False
+    assert torch.allclose(flipped, teacher.box_logits(bgr_inputs, boxes))
+    assert not torch.allclose(flipped, teacher.box_logits(inputs, boxes))
+
+
+def test_bfloat16_teacher_matches_float32(tmp_path, teacher_files):
+    cfg = distill_cfg(tmp_path, "kd", teacher=teacher_files)
+    fp32 = build_model(cfg).teacher
+    cfg.MODEL.TEACHER.DTYPE = "bfloat16"
+    bf16 = build_model(cfg).teacher
+    inputs = batch(1)
+    boxes = [inputs[0]["instances"].gt_boxes]
+    a, b = fp32.box_logits(inputs, boxes), bf16.box_logits(inputs, boxes)
+    assert b.dtype == torch.float32
+    assert torch.allclose(a, b, atol=0.05 * a.abs().max().item())
+
+
+def test_unknown_teacher_dtype(tmp_path, teacher_files):
+    cfg = distill_cfg(tmp_path, "kd", teacher=teacher_files)
+    cfg.MODEL.TEACHER.DTYPE = "int8"
+    with pytest.raises(ValueError, match="MODEL.TEACHER.DTYPE must be one of"):
+        build_model(cfg)

@@ -91,3 +91,12 @@ def test_missing_sdist_path_is_a_clear_error(tmp_path, capsys):
     rc = inst.main(["--sdist", str(tmp_path / "nope.tar.gz"), "--force", "--cache-dir", str(tmp_path)])
     assert rc == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_unreachable_index_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    rc = inst.main(["--force", "--cache-dir", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "cannot download" in err and "PIP_INDEX_URL" in err
+    assert not list(tmp_path.glob("*.whl"))

@@ -18,14 +18,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from ..data.synthetic_coco import SyntheticConfig, generate
-from .config import add_topkd_config
+from .config import load_config
 from .datasets import register_synthetic
 from .engine import DistillTrainer, check_datasets, student_only
 
@@ -67,14 +67,6 @@ def size_opts(image_size: int) -> List:
             "INPUT.MIN_SIZE_TEST", image_size, "INPUT.MAX_SIZE_TEST", image_size]
 
 
-def load_cfg(config_file: Path, opts: Sequence = ()) -> CfgNode:
-    cfg = get_cfg()
-    add_topkd_config(cfg)
-    cfg.merge_from_file(str(config_file))
-    cfg.merge_from_list(list(opts))
-    return cfg
-
-
 def _quiet_detectron2(log_file: Path) -> None:
     """Detectron2's INFO logs go to ``log_file``; the console keeps warnings, stage lines and bars."""
     setup_logger(str(log_file), distributed_rank=comm.get_rank(), name="detectron2")
@@ -87,7 +79,7 @@ def _quiet_detectron2(log_file: Path) -> None:
 
 def _run_cfg(config_file: Path, output_dir: Path, data: EmbeddedData, seed: int, eval_split: str,
              opts: Sequence) -> CfgNode:
-    cfg = load_cfg(config_file, opts)
+    cfg = load_config(config_file, opts)
     cfg.DATASETS.TRAIN = (data.names["train"],)
     cfg.DATASETS.TEST = (data.names[eval_split],)
     cfg.OUTPUT_DIR = str(output_dir)
@@ -178,7 +170,7 @@ def run_jobs(jobs: Sequence[Job], data_root: Path, data_config: SyntheticConfig,
     """Run the jobs in ``workers`` processes with one thread each, which on a 2-core CPU trains
     about 1.5x more iterations per second than one process on two threads. A single bar shows the
     iterations of all runs; ``on_result(job, result)`` is called as each run finishes."""
-    total = sum(load_cfg(j.config_file, j.opts).SOLVER.MAX_ITER for j in jobs)
+    total = sum(load_config(j.config_file, j.opts).SOLVER.MAX_ITER for j in jobs)
     results: Dict[int, RunResult] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(1,)) as pool, \

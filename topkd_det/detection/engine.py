@@ -3,13 +3,13 @@ import os
 from typing import List
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_setup
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from tqdm import tqdm
 
-from .config import add_topkd_config
+from .config import load_config
 from .datasets import check_dataset_registered, register_builtin_synthetic
 from .teacher import FrozenTeacher
 
@@ -52,12 +52,7 @@ def check_datasets(cfg: CfgNode) -> None:
 
 
 def setup_cfg(config_file: str, opts: List[str], args=None) -> CfgNode:
-    cfg = get_cfg()
-    add_topkd_config(cfg)
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file: no such file {config_file!r}")
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
+    cfg = load_config(config_file, opts)
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)

@@ -1,0 +1,23 @@
+"""train_net's set-up: config loading and the dataset check fail early and clearly."""
+import pytest
+
+from topkd_det.detection.engine import setup_cfg
+
+from detection_fixtures import TINY_BASE
+
+
+def test_unregistered_dataset_fails_before_training(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f'_BASE_: "{TINY_BASE}"\nDATASETS:\n  TRAIN: ("no_such_dataset_train",)\n  TEST: ()\n')
+    with pytest.raises(ValueError, match="DATASETS.TRAIN.*no_such_dataset_train"):
+        setup_cfg(str(config), [])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="--config-file.*nope.yaml"):
+        setup_cfg(str(tmp_path / "nope.yaml"), [])
+
+
+def test_unknown_key_names_the_key(tmp_path):
+    with pytest.raises(ValueError, match="override .*Non-existent key: MODEL.DISTILL.TOPKD.KK"):
+        setup_cfg(str(TINY_BASE), ["MODEL.DISTILL.TOPKD.KK", "3"])
