@@ -21,6 +21,10 @@ GROUPS: Dict[str, Dict[str, List]] = {
         "cosine (normalize)": [],
         "dot product, tau 10": ["TOPKD.NORMALIZE", False, "TOPKD.TEMPERATURE", 10.0],
     },
+    "negatives": {
+        "all (Eq. 1)": ["TOPKD.NEGATIVES", "all"],
+        "other_label": ["TOPKD.NEGATIVES", "other_label"],
+    },
     "rank_gain": {f"g {g}": ["TOPKD.RANK_GAIN", g] for g in (0.0, 0.5)},
     "gt_gain": {f"g_gt {g}": ["TOPKD.GT_GAIN", g] for g in (0.0, 1.0)},
     "shift": {f"lambda {s}": ["TOPKD.SHIFT", s] for s in (0.0, 0.5)},
