@@ -358,6 +358,7 @@ CON_SETTINGS = [
     (0.2, True, "all", True),
     (0.3, True, "other_label", True),
     (3.0, False, "all", True),
+    (0.02, True, "other_label", True),  # 1/τ beyond the one-pass cosine form: the logsumexp path
 ]
 
 
@@ -442,6 +443,8 @@ def student_fns(core, t, y):
         "contrastive_raw": lambda s, tt=t: core.contrastive_loss(s, tt, 2.0, normalize=False),
         "contrastive_other_label": lambda s, tt=t: core.contrastive_loss(
             s, tt, 0.5, normalize=True, labels=labels, negatives="other_label", groups=groups),
+        "contrastive_padded_groups": lambda s, tt=t: core.contrastive_loss(
+            s, tt, 0.5, normalize=True, groups=torch.tensor([1, 0, 1])),
         "kd": lambda s, tt=t: core.kd_loss(s, tt, 4.0),
         "dkd": lambda s, tt=t: core.dkd_loss(s, tt, y, 1.0, 8.0, 4.0),
         "wttm": lambda s, tt=t: core.wttm_loss(s, tt, 0.5, weighted=True),
@@ -450,8 +453,8 @@ def student_fns(core, t, y):
     }
 
 
-FN_NAMES = ["tdl", "contrastive_norm", "contrastive_raw", "contrastive_other_label", "kd", "dkd", "wttm",
-            "ttm", "gdkd"]
+FN_NAMES = ["tdl", "contrastive_norm", "contrastive_raw", "contrastive_other_label", "contrastive_padded_groups",
+            "kd", "dkd", "wttm", "ttm", "gdkd"]
 
 
 @pytest.mark.parametrize("name", FN_NAMES)

@@ -20,6 +20,56 @@ def _similarity(s: torch.Tensor, t: torch.Tensor, temperature: float, normalize:
     return s @ t.transpose(-1, -2) / temperature
 
 
+# exp(-2/τ) of the smallest cosine logit must stay a normal float32 for the one-pass form below.
+_MAX_COSINE_SCALE = 40.0
+
+
+class _CosineInfoNCE(torch.autograd.Function):
+    """``Σ_i w_i · ½ [lse_j A_ij + lse_j A_ji − A_ii]`` for ``A = scale · s tᵀ`` of unit rows, with
+    a gradient for the student rows ``s`` only (the teacher is detached upstream).
+
+    The logits are bounded by ``scale``, so one ``exp(A − scale)`` serves both softmax directions
+    without a max pass, and the backward is written out: ``∂/∂A_ij = ½ w_i P_ij/r_i + ½ w_j P_ij/c_j
+    − δ_ij w_i``. This keeps a single N×N buffer alive instead of autograd's half dozen, which is
+    what the batch-scope contrastive costs at detection sizes (see benchmarks/bench_losses.py).
+    """
+
+    @staticmethod
+    def forward(ctx, s, t, scale, blocked, weight):
+        e = torch.matmul(s * scale, t.transpose(-1, -2)).sub_(scale).exp_()
+        if blocked is not None:
+            e.masked_fill_(blocked, 0.0)
+        rows, cols = e.sum(-1), e.sum(-2)
+        diag = (s * t).sum(-1) * scale
+        per_item = 0.5 * (rows.log() + cols.log()) + scale - diag
+        ctx.save_for_backward(t, e, rows, cols, weight)
+        ctx.scale = scale
+        return (per_item * weight).sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        t, e, rows, cols, weight = ctx.saved_tensors
+        half_w = 0.5 * weight
+        g = ((half_w / rows).unsqueeze(-1) + (half_w / cols).unsqueeze(-2)).mul_(e)
+        g.diagonal(dim1=-2, dim2=-1).sub_(weight)
+        g.mul_(grad * ctx.scale)
+        return torch.matmul(g, t), None, None, None, None
+
+
+def _info_nce(s, t, temperature, normalize, blocked, valid):
+    """Mean over rows (``valid`` ones, for a padded batch of groups) of the symmetric InfoNCE whose
+    targets are the diagonal; ``blocked`` marks off-diagonal pairs left out of both denominators."""
+    scale = 1.0 / temperature
+    if normalize and scale <= _MAX_COSINE_SCALE:
+        if valid is None:
+            weight = s.new_full(s.shape[:-1], 1.0 / s.shape[-2])
+        else:
+            weight = valid.to(s.dtype) / valid.sum()
+        return _CosineInfoNCE.apply(F.normalize(s, dim=-1), F.normalize(t, dim=-1), scale, blocked, weight)
+    return _symmetric_ce(_similarity(s, t, temperature, normalize), blocked, valid)
+
+
 def _symmetric_ce(sim: torch.Tensor, blocked: Optional[torch.Tensor], valid: Optional[torch.Tensor]) -> torch.Tensor:
     """Mean of the row-wise and column-wise CE whose targets are the diagonal of ``sim`` (..., n, n).
 
@@ -59,14 +109,13 @@ def _grouped(s, t, temperature, normalize, labels, negatives, groups):
 
     valid = torch.zeros(n_groups, width, dtype=torch.bool, device=s.device)
     valid[group_of, slot] = True
-    sim = _similarity(pad(s), pad(t), temperature, normalize)
     eye = torch.eye(width, dtype=torch.bool, device=s.device)
     # Padding slots are blocked everywhere except their own diagonal (keeps their rows finite; they
     # are dropped from the mean by ``valid``).
     blocked = ~(valid.unsqueeze(-1) & valid.unsqueeze(-2)) & ~eye
     if negatives == "other_label":
         blocked = blocked | _same_label_pairs(pad(labels, -1))
-    return _symmetric_ce(sim, blocked, valid)
+    return _info_nce(pad(s), pad(t), temperature, normalize, blocked, valid)
 
 
 def _gathered(s, t, temperature, normalize, labels, negatives):
@@ -137,4 +186,4 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
     if groups is not None:
         return _grouped(s, t, temperature, normalize, labels, negatives, groups)
     blocked = _same_label_pairs(labels) if negatives == "other_label" else None
-    return _symmetric_ce(_similarity(s, t, temperature, normalize), blocked, None)
+    return _info_nce(s, t, temperature, normalize, blocked, None)
