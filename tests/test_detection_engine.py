@@ -1,6 +1,7 @@
 """train_net's set-up: config loading and the dataset check fail early and clearly."""
 import pytest
 
+from topkd_det.config_io import ConfigError
 from topkd_det.detection.engine import setup_cfg
 
 from detection_fixtures import TINY_BASE
@@ -14,7 +15,7 @@ def test_unregistered_dataset_fails_before_training(tmp_path):
 
 
 def test_missing_config_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="--config-file.*nope.yaml"):
+    with pytest.raises(ConfigError, match="--config-file.*nope.yaml"):
         setup_cfg(str(tmp_path / "nope.yaml"), [])
 
 

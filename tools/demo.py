@@ -97,7 +97,7 @@ def write_results(out: Path, results, teacher_test, teacher_seconds, args, secon
                      "seeds": " ".join(str(r.seed) for r in runs)})
     notes = (f"COCO box AP on the synthetic shapes test split ({args.num_eval} images, {args.image_size} px). "
              f"Same student, budget and seed for every row; mean ± std over seeds where several ran. "
-             f"Whole run: {seconds / 60:.1f} min. Command: python tools/demo.py {' '.join(sys.argv[1:])}".rstrip())
+             f"This invocation took {seconds / 60:.1f} min (finished runs in the output folder are reused). Command: python tools/demo.py {' '.join(sys.argv[1:])}".rstrip())
     text = write_markdown(out / "results.md", "Embedded detection demo", COLUMNS, rows, notes)
     write_csv(out / "results.csv", COLUMNS, rows)
     bar_chart(out / "results.png", list(by_row), [[r.AP for r in runs] for runs in by_row.values()],

@@ -66,13 +66,14 @@ def bar_chart(path: Path, labels: Sequence[str], values: Sequence[Sequence[float
     means = [m for m, _ in stats]
     errors = [s if len(v) > 1 else 0.0 for (_, s), v in zip(stats, values)]
     ax.bar(range(len(labels)), means, yerr=errors, capsize=4, color="#4c72b0")
-    for i, m in enumerate(means):
-        ax.text(i, m, f"{m:.1f}", ha="center", va="bottom", fontsize=8)
+    for i, (m, e) in enumerate(zip(means, errors)):
+        ax.text(i + 0.08, m + e, f"{m:.1f}", ha="left", va="bottom", fontsize=8)
     for j, (name, value) in enumerate((reference or {}).items()):
         ax.axhline(value, linestyle="--", color=f"C{j + 1}", label=f"{name} {value:.1f}")
     if reference:
         ax.legend(loc="lower right", fontsize=8)
-    finite = [m for m in list(means) + list((reference or {}).values()) if math.isfinite(m)]
+    tops = [m + e for m, e in zip(means, errors)]
+    finite = [m for m in tops + list((reference or {}).values()) if math.isfinite(m)]
     if finite:
         low, high = min(finite), max(finite)
         pad = max(1.0, 0.15 * (high - low))

@@ -9,6 +9,7 @@ from typing import Iterable, Optional
 
 from fvcore.common.config import CfgNode as CN
 
+from ..config_io import ConfigError, merge_config
 from ..core import build_loss
 from ..distill_config import distill_cfg_node
 from .models import MODEL_REGISTRY, list_models
@@ -17,10 +18,6 @@ DATASETS = ("cifar100", "imagenet", "fashion_mnist")
 # Classes of each dataset's standard form; MODEL.NUM_CLASSES 0 means "take it from here".
 DATASET_CLASSES = {"cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
 AMP_DTYPES = ("bf16", "fp16")
-
-
-class ConfigError(ValueError):
-    """A bad configuration value, reported before any work is done."""
 
 
 def get_cls_cfg() -> CN:
@@ -133,25 +130,9 @@ def validate_cls_cfg(cfg: CN, check_files: bool = True) -> None:
         raise ConfigError("LOG.PERIOD and CHECKPOINT_PERIOD must be >= 1")
 
 
-def _yacs_message(err: Exception) -> str:
-    return str(err.args[0]) if err.args else type(err).__name__
-
-
 def load_cls_cfg(config_file: Optional[str] = None, opts: Iterable[str] = (), check_files: bool = True) -> CN:
     """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` opts; validated, frozen."""
-    cfg = get_cls_cfg()
-    if config_file and not os.path.isfile(config_file):
-        raise ConfigError(f"--config-file: no such file {config_file!r}")
-    # yacs reports unknown keys and type mismatches as KeyError / AssertionError / ValueError.
-    try:
-        if config_file:
-            cfg.merge_from_file(config_file)
-    except (KeyError, AssertionError, ValueError) as err:
-        raise ConfigError(f"{config_file}: {_yacs_message(err)}") from None
-    try:
-        cfg.merge_from_list(list(opts))
-    except (KeyError, AssertionError, ValueError) as err:
-        raise ConfigError(f"command-line opts: {_yacs_message(err)} (give KEY VALUE pairs of existing keys)") from None
+    cfg = merge_config(get_cls_cfg(), config_file, opts)
     validate_cls_cfg(cfg, check_files=check_files)
     cfg.freeze()
     return cfg

@@ -1,9 +1,8 @@
 """Config keys of the Detectron2 extension: ``add_topkd_config(cfg)``, in Detectron2's style."""
-import os
-
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from ..config_io import merge_config
 from ..distill_config import distill_cfg_node
 from .backbones import add_mobilenet_config
 
@@ -30,21 +29,7 @@ def add_topkd_config(cfg: CN) -> None:
 
 
 def load_config(config_file: str, opts=()) -> CN:
-    """``get_cfg()`` + ``add_topkd_config`` + the file + ``KEY VALUE`` overrides.
-
-    yacs reports an unknown key or a wrong type as a bare AssertionError/KeyError; this names the
-    file or override it came from.
-    """
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"--config-file: no such file {str(config_file)!r}")
+    """``get_cfg()`` + ``add_topkd_config`` + the file + ``KEY VALUE`` overrides (errors name their source)."""
     cfg = get_cfg()
     add_topkd_config(cfg)
-    try:
-        cfg.merge_from_file(str(config_file))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"{config_file}: {e}") from e
-    try:
-        cfg.merge_from_list(list(opts))
-    except (AssertionError, KeyError, ValueError) as e:
-        raise ValueError(f"config override {' '.join(map(str, opts))!r}: {e}") from e
-    return cfg
+    return merge_config(cfg, config_file, opts)
