@@ -48,6 +48,7 @@ def test_training_step(tmp_path, teacher_files, name):
     def spy(inputs, boxes):
         out = original(inputs, boxes)
         seen["teacher_rows"] = out.shape[0]
+        seen["teacher_graph"] = out.requires_grad or out.grad_fn is not None
         seen["proposal_rows"] = sum(len(b) for b in boxes)
         return out
 
@@ -62,6 +63,7 @@ def test_training_step(tmp_path, teacher_files, name):
     sum(losses.values()).backward()
 
     assert seen["teacher_rows"] == seen["proposal_rows"] > 0
+    assert not seen["teacher_graph"]  # no autograd graph: the teacher holds no activations for backward
     assert all(p.grad is None for p in teacher.parameters())
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     cls_grad = model.roi_heads.box_predictor.cls_score.weight.grad
