@@ -146,6 +146,18 @@ def test_amp_inputs_give_float32_terms(logits):
         assert _f(out) == pytest.approx(ref, rel=tol, abs=tol)
 
 
+@pytest.mark.parametrize("method", ["kd", "dkd", "wttm", "gdkd", "topkd"])
+def test_an_active_autocast_does_not_lower_the_precision(logits, method):
+    """Inside a training step's autocast region the terms equal their float32 values, at float32 precision."""
+    s, t, y = logits
+    loss = build_loss(method, topkd={"k": 3})
+    ref = _f(loss(s, t, y))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = loss(s, t, y)
+    assert all(v.dtype == torch.float32 for v in out.values())
+    assert _f(out) == pytest.approx(ref, rel=1e-6, abs=1e-6)
+
+
 def test_no_gradient_reaches_the_teacher(logits):
     s, t, y = logits
     t = t.clone().requires_grad_(True)

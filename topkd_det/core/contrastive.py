@@ -28,9 +28,9 @@ class _CosineInfoNCE(torch.autograd.Function):
     """``Σ_i w_i · ½ [lse_j A_ij + lse_j A_ji − A_ii]`` for ``A = scale · s tᵀ`` of unit rows, with
     a gradient for the student rows ``s`` only (the teacher is detached upstream).
 
-    The logits are bounded by ``scale``, so one ``exp(A − scale)`` serves both softmax directions
-    without a max pass, and the backward is written out: ``∂/∂A_ij = ½ w_i P_ij/r_i + ½ w_j P_ij/c_j
-    − δ_ij w_i``. This keeps a single N×N buffer alive instead of autograd's half dozen, which is
+    The logits are bounded by ``scale``, so one ``E = exp(A − scale)`` serves both softmax directions
+    without a max pass, and the backward is written out: with ``r``, ``c`` the row and column sums of
+    ``E``, ``∂/∂A_ij = ½ w_i E_ij/r_i + ½ w_j E_ij/c_j − δ_ij w_i``. This keeps a single N×N buffer alive instead of autograd's half dozen, which is
     what the batch-scope contrastive costs at detection sizes (see benchmarks/bench_losses.py).
     """
 
@@ -179,11 +179,13 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
         if ids is not None and tuple(ids.shape) != (s.shape[0],):
             raise ValueError(f"{name} must have shape ({s.shape[0]},), got {tuple(ids.shape)}")
     s, t = at_least_float32(s), at_least_float32(t.detach())
-    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return _gathered(s, t, temperature, normalize, labels, negatives)
-    if s.shape[0] < 2:
-        return s.sum() * 0.0
-    if groups is not None:
-        return _grouped(s, t, temperature, normalize, labels, negatives, groups)
-    blocked = _same_label_pairs(labels) if negatives == "other_label" else None
-    return _info_nce(s, t, temperature, normalize, blocked, None)
+    # Under AMP, autocast would run the N×N matmul in half precision; the spec computes in float32.
+    with torch.autocast(s.device.type, enabled=False):
+        if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            return _gathered(s, t, temperature, normalize, labels, negatives)
+        if s.shape[0] < 2:
+            return s.sum() * 0.0
+        if groups is not None:
+            return _grouped(s, t, temperature, normalize, labels, negatives, groups)
+        blocked = _same_label_pairs(labels) if negatives == "other_label" else None
+        return _info_nce(s, t, temperature, normalize, blocked, None)
