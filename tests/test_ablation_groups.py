@@ -55,3 +55,15 @@ def test_effective_drops_overrides_equal_to_the_defaults_so_runs_are_shared():
 
 def test_prefixed_touches_keys_only():
     assert ag.prefixed(["TOPKD.K", 3, "MODE", "kl"], "DISTILL.") == ["DISTILL.TOPKD.K", 3, "DISTILL.MODE", "kl"]
+
+
+def test_scaled_baselines_override_existing_keys_of_their_configs():
+    runner = _runner("det_ablation")
+    for group in runner.SCALED_BASELINES.values():
+        for config, overrides in group.values():
+            cfg = load_config(REPO / "configs" / "embedded" / config, ag.prefixed(overrides, runner.PREFIX))
+            for key, value in zip(overrides[::2], overrides[1::2]):
+                node = cfg.MODEL.DISTILL
+                for part in key.split("."):
+                    node = node[part]
+                assert node == value
