@@ -23,18 +23,21 @@ from topkd_det.detection import embedded  # noqa: E402
 from topkd_det.reporting import fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 PREFIX = "MODEL.DISTILL."
-FINAL = {"student alone": "student.yaml", "KD": "kd.yaml", "DKD": "dkd.yaml", "TopKD": "topkd.yaml"}
 ALL = {**GROUPS, **DETECTION_GROUPS, "k": k_group((1, 5, 11))}  # C+1 = 25 allows K <= 11
-# Is TopKD's edge over KD/DKD just the size of its loss terms (con + tdl ~ 8 against KD's ~0.2)?
-# The baselines with 4x their weight, each as (config, overrides relative to MODEL.DISTILL.).
+# Groups of other configs than topkd.yaml: {name: (config, overrides relative to MODEL.DISTILL.)}.
+# loss_scale asks whether TopKD's edge over KD/DKD is just the size of its loss terms (con + tdl ~ 8
+# against KD's ~0.2), with the baselines at 4x their weight.
 SCALED_BASELINES = {"loss_scale": {"KD, weight 4": ("kd.yaml", ["KD.WEIGHT", 4.0]),
                                    "DKD, weight 4": ("dkd.yaml", ["DKD.WEIGHT", 4.0])}}
+OTHER_CONFIGS = {"final": {"student alone": ("student.yaml", []), "KD": ("kd.yaml", []), "DKD": ("dkd.yaml", []),
+                           "TopKD": ("topkd.yaml", [])},
+                 **SCALED_BASELINES}
 COLUMNS = ["variant", "AP", "AP50", "AP75", "seeds"]
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--groups", nargs="+", default=list(ALL), choices=[*ALL, *SCALED_BASELINES, "final"])
+    p.add_argument("--groups", nargs="+", default=list(ALL), choices=[*ALL, *OTHER_CONFIGS])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--output", type=Path, default=Path("output/det_ablation"))
@@ -52,14 +55,11 @@ def main(argv=None):
 
     variants = {}  # group -> {name: (config file, run directory stem, overrides)}
     for group in args.groups:
-        if group == "final":
-            variants[group] = {name: (cfg, cfg[:-5], []) for name, cfg in FINAL.items()}
-            continue
-        if group in SCALED_BASELINES:
+        if group in OTHER_CONFIGS:
             variants[group] = {}
-            for name, (cfg, overrides) in SCALED_BASELINES[group].items():
+            for name, (cfg, overrides) in OTHER_CONFIGS[group].items():
                 changed = prefixed(overrides, PREFIX)
-                variants[group][name] = (cfg, cfg[:-5] + "_" + slug(changed), changed)
+                variants[group][name] = (cfg, cfg[:-5] + ("_" + slug(changed) if changed else ""), changed)
             continue
         variants[group] = {}
         for name, overrides in ALL[group].items():

@@ -57,9 +57,9 @@ def test_prefixed_touches_keys_only():
     assert ag.prefixed(["TOPKD.K", 3, "MODE", "kl"], "DISTILL.") == ["DISTILL.TOPKD.K", 3, "DISTILL.MODE", "kl"]
 
 
-def test_scaled_baselines_override_existing_keys_of_their_configs():
+def test_other_config_groups_override_existing_keys_of_their_configs():
     runner = _runner("det_ablation")
-    for group in runner.SCALED_BASELINES.values():
+    for group in runner.OTHER_CONFIGS.values():
         for config, overrides in group.values():
             cfg = load_config(REPO / "configs" / "embedded" / config, ag.prefixed(overrides, runner.PREFIX))
             for key, value in zip(overrides[::2], overrides[1::2]):
