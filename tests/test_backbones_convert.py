@@ -9,7 +9,6 @@ import torchvision
 from torch import nn
 
 from conftest import load_tool
-from detectron2 import model_zoo
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import FrozenBatchNorm2d
@@ -18,6 +17,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 from topkd_det.detection.backbones import MobileNetV2, add_mobilenet_config
 from topkd_det.detection.convert import BOTTOM_UP_PREFIX, convert_torchvision, rename_torchvision
+from topkd_det.detection.teacher import model_zoo_config_file
 
 tool = load_tool("convert_torchvision_to_d2")
 
@@ -30,7 +30,7 @@ def detector_cfg(backbone, norm="BN", freeze_at=0):
     """Faster R-CNN FPN with `backbone` "mobilenetv2" or "R<depth>", from scratch on CPU."""
     cfg = get_cfg()
     add_mobilenet_config(cfg)
-    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_file(model_zoo_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3

@@ -1,9 +1,14 @@
 """DistillRCNN: one training step per method on tiny models, teacher isolation, errors, checkpoints."""
+import pickle
+
 import pytest
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
+
+from topkd_det.config_io import ConfigError
+from topkd_det.detection.teacher import TeacherWeightsError
 
 from detection_fixtures import NUM_CLASSES, batch, distill_cfg, tiny_cfg, write_teacher
 
@@ -116,7 +121,7 @@ def test_teacher_class_count_must_match(tmp_path):
 
 def test_missing_teacher_weights(tmp_path, teacher_files):
     cfg = distill_cfg(tmp_path, "kd", teacher=(teacher_files[0], str(tmp_path / "nope.pth")))
-    with pytest.raises(FileNotFoundError, match="MODEL.TEACHER.WEIGHTS.*nope.pth"):
+    with pytest.raises(ConfigError, match="MODEL.TEACHER.WEIGHTS: no such file .*nope.pth"):
         build_model(cfg)
 
 
@@ -125,6 +130,44 @@ def test_teacher_weights_that_do_not_match_list_keys(tmp_path, teacher_files):
     cfg = distill_cfg(tmp_path, "kd", teacher=(r34_config, teacher_files[1]))
     with pytest.raises(ValueError, match=r"does not match.*missing keys: backbone\.bottom_up\.res"):
         build_model(cfg)
+
+
+def test_teacher_loader_lists_missing_unexpected_and_misshapen_keys(tmp_path, teacher_files):
+    state = torch.load(teacher_files[1], map_location="cpu", weights_only=True)["model"]
+    del state["roi_heads.box_predictor.bbox_pred.bias"]
+    state["roi_heads.extra_head.weight"] = torch.zeros(3)
+    state["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(5, 64)
+    broken = tmp_path / "broken.pth"
+    torch.save({"model": state}, broken)
+    cfg = distill_cfg(tmp_path, "kd", teacher=(teacher_files[0], str(broken)))
+    with pytest.raises(TeacherWeightsError) as info:
+        build_model(cfg)
+    message = str(info.value)
+    assert f"MODEL.TEACHER.WEIGHTS '{broken}' does not match MODEL.TEACHER.CONFIG_FILE" in message
+    assert "missing keys: roi_heads.box_predictor.bbox_pred.bias" in message
+    assert "unexpected keys: roi_heads.extra_head.weight" in message
+    assert "shape mismatches: roi_heads.box_predictor.cls_score.weight (5, 64) vs model (7, 64)" in message
+
+
+def test_a_truncated_teacher_file_is_named_with_the_fix(tmp_path, teacher_files):
+    data = open(teacher_files[1], "rb").read()
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(data[: len(data) // 2])
+    cfg = distill_cfg(tmp_path, "kd", teacher=(teacher_files[0], str(truncated)))
+    with pytest.raises(TeacherWeightsError, match=rf"MODEL.TEACHER.WEIGHTS '{truncated}' could not be read .*"
+                                                  "damaged, truncated or not a Detectron2/torch checkpoint"):
+        build_model(cfg)
+
+
+def test_a_model_zoo_format_pkl_teacher_loads(tmp_path, teacher_files):
+    """Detectron2's own .pkl format (numpy arrays, ``__author__``), as the model zoo ships teachers."""
+    state = torch.load(teacher_files[1], map_location="cpu", weights_only=True)["model"]
+    pkl = tmp_path / "teacher.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "__author__": "topkd tests"}, f)
+    model = build_model(distill_cfg(tmp_path, "kd", teacher=(teacher_files[0], str(pkl))))
+    loaded = model.teacher.model.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
 def test_invalid_k_for_c_plus_1(tmp_path, teacher_files):

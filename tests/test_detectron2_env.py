@@ -1,11 +1,20 @@
-"""The Detectron2 this project runs on: importable, model zoo configs present, trains and evaluates."""
-import json
+"""The Detectron2 this project runs on: importable, model zoo configs present, trains and evaluates.
 
+``make test-d2main`` runs the suite against the official build with TOPKD_EXPECT_DETECTRON2=official,
+so that a wrong PYTHONPATH cannot silently test the default build twice.
+"""
+import importlib.metadata
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import detectron2
 import numpy as np
 import pytest
 import torch
 
-from detectron2 import model_zoo
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import COCOEvaluator
@@ -13,15 +22,41 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from topkd_det.detection.teacher import model_zoo_config_file
+
 
 def test_model_zoo_config_resolves():
-    path = model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
-    assert path.endswith("faster_rcnn_R_50_FPN_1x.yaml")
+    path = model_zoo_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml")
+    assert path.endswith("faster_rcnn_R_50_FPN_1x.yaml") and os.path.isfile(path)
+
+
+def test_the_expected_detectron2_build_is_under_test():
+    expected = os.environ.get("TOPKD_EXPECT_DETECTRON2")
+    if expected is None:
+        pytest.skip("TOPKD_EXPECT_DETECTRON2 is not set: any Detectron2 build may be under test")
+    compiled = importlib.util.find_spec("detectron2._C") is not None
+    assert expected in ("official", "pure-python")
+    assert compiled == (expected == "official"), f"expected the {expected} build, found {detectron2.__file__}"
+
+
+def test_nothing_of_the_project_imports_the_model_zoo_module():
+    """detectron2.model_zoo needs pkg_resources on official builds, which setuptools >= 82 lacks."""
+    code = ("import sys, topkd_det.detection, topkd_det.detection.engine, topkd_det.detection.embedded; "
+            "from topkd_det.detection.teacher import model_zoo_config_file; "
+            "model_zoo_config_file('COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml'); "
+            "print(sorted(m for m in sys.modules if m.startswith('detectron2.model_zoo')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_setuptools_without_pkg_resources_is_the_locked_one():
+    major = int(importlib.metadata.version("setuptools").split(".")[0])
+    assert major >= 82, "requirements/lock.txt pins a setuptools without pkg_resources; the venv has an older one"
 
 
 def test_faster_rcnn_builds_and_trains_one_step():
     cfg = get_cfg()
-    cfg.merge_from_file(model_zoo.get_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
+    cfg.merge_from_file(model_zoo_config_file("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"))
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.RESNETS.NORM = "BN"

@@ -100,3 +100,53 @@ def test_unreachable_index_is_a_clear_error(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "cannot download" in err and "PIP_INDEX_URL" in err
     assert not list(tmp_path.glob("*.whl"))
+
+
+# --- the official Detectron2 from source (--source) ----------------------------------------------------
+VENDOR = sorted((Path(__file__).resolve().parents[2] / "shared" / "vendor").glob("detectron2-*.tar.gz"))
+
+
+def test_source_install_builds_once_and_is_idempotent(tmp_path, capsys):
+    """Against the shared snapshot of official Detectron2 main: compiled ops, cached wheel, no-op rerun.
+
+    The wheel cache is the one `make test-d2main` uses, so the C++ build happens once per source."""
+    if not VENDOR:
+        pytest.skip("no ../shared/vendor/detectron2-*.tar.gz beside the repository")
+    target = tmp_path / "d2"
+    assert inst.main(["--source", str(VENDOR[0]), "--target", str(target)]) == 0
+    first = capsys.readouterr().out
+    assert "installed the official Detectron2 with compiled ops at" in first
+    assert list(target.glob("detectron2/_C*.so"))
+    assert inst.main(["--source", str(VENDOR[0]), "--target", str(target)]) == 0
+    second = capsys.readouterr().out
+    assert "already installed" in second and "nothing to do" in second
+    assert "pip install" not in second and "building" not in second
+    # Only Detectron2 went into the target: its dependencies stay the environment's.
+    assert {p.name.split("-")[0] for p in target.glob("*.dist-info")} == {"detectron2"}
+
+
+def test_source_that_does_not_exist(tmp_path, capsys):
+    assert inst.main(["--source", str(tmp_path / "nope.tar.gz"), "--target", str(tmp_path / "t")]) == 1
+    assert "--source" in (err := capsys.readouterr().err) and "nope.tar.gz: no such file or directory" in err
+
+
+def test_source_that_is_not_an_archive(tmp_path, capsys):
+    bogus = tmp_path / "detectron2.tar.gz"
+    bogus.write_text("not an archive")
+    assert inst.main(["--source", str(bogus), "--cache-dir", str(tmp_path / "c"), "--target", str(tmp_path / "t")]) == 1
+    assert "neither a directory nor a .tar.gz/.zip archive" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+def test_source_tree_without_detectron2(tmp_path, capsys):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "README").write_text("hello")
+    assert inst.main(["--source", str(tmp_path / "tree"), "--cache-dir", str(tmp_path / "c"),
+                      "--target", str(tmp_path / "t")]) == 1
+    assert "no Detectron2 source tree (setup.py and detectron2/)" in capsys.readouterr().err
+
+
+def test_target_needs_source(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        inst.main(["--target", str(tmp_path)])
+    assert info.value.code == 2 and "--target needs --source" in capsys.readouterr().err

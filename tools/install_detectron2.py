@@ -15,12 +15,22 @@ This script turns it into a pure-Python wheel that runs with today's torch, nump
 Any failure before step 4 leaves the environment untouched. A re-install from the cached wheel
 takes seconds.
 
+``--source PATH`` instead installs the *official* Detectron2 from its source (the GitHub archive,
+``.tar.gz``/``.zip``, or an unpacked tree), with its compiled C++ operators, for machines that
+cannot reach GitHub: the wheel is built once (``pip wheel --no-build-isolation``, about a minute on
+2 cores), cached under the source's sha256, and installed into this environment, replacing another
+Detectron2, or with ``--target DIR`` into a folder to put on ``PYTHONPATH``. Run again with the same
+source, it finds that build installed and does nothing.
+
 Usage:
     python tools/install_detectron2.py [--sdist FILE] [--cache-dir DIR] [--force] [-c CONSTRAINTS]
+    python tools/install_detectron2.py --source detectron2-main.tar.gz [--target DIR] [--cache-dir DIR]
 """
 import argparse
 import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -337,14 +347,154 @@ def obtain_sdist(cache: Path, given: Optional[Path], log: Callable[[str], None])
     return path
 
 
+# --- official Detectron2 from source -----------------------------------------------------------
+SOURCE_BUILD_PREFIX = "0src"  # wheel build tag of a --source build: must start with a digit
+
+
+def source_key(source: Path) -> str:
+    """sha256 of an archive's bytes, or of a tree's file names and contents: the cache key of its wheel."""
+    if source.is_file():
+        return sha256_of(source)
+    h = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and ".git" not in p.parts):
+        h.update(str(path.relative_to(source)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def unpack_source(source: Path, dest: Path) -> Path:
+    """The Detectron2 tree inside ``source`` (an archive is unpacked into ``dest``)."""
+    if source.is_dir():
+        root = source
+    else:
+        if tarfile.is_tarfile(source):
+            with tarfile.open(source) as tar:
+                _safe_extract(tar, dest)
+        elif zipfile.is_zipfile(source):
+            with zipfile.ZipFile(source) as z:
+                z.extractall(dest)
+        else:
+            raise InstallError(f"--source {source}: neither a directory nor a .tar.gz/.zip archive")
+        tops = [p for p in dest.iterdir() if p.is_dir()]
+        root = tops[0] if len(tops) == 1 else dest
+    if not (root / "setup.py").is_file() or not (root / "detectron2" / "__init__.py").is_file():
+        raise InstallError(f"--source {source}: no Detectron2 source tree (setup.py and detectron2/) found in it")
+    return root
+
+
+def cached_source_wheel(cache: Path, key: str) -> Optional[Path]:
+    found = sorted(cache.glob(f"detectron2-*-{SOURCE_BUILD_PREFIX}{key[:16]}-*.whl"))
+    return found[-1] if found else None
+
+
+def build_source_wheel(source: Path, key: str, cache: Path, log: Callable[[str], None]) -> Path:
+    if importlib.util.find_spec("torch") is None:
+        raise InstallError("Detectron2's setup.py needs torch: install torch and torchvision first")
+    with tempfile.TemporaryDirectory(prefix="d2-source-") as tmp:
+        tmp = Path(tmp)
+        root = unpack_source(source, tmp / "src")
+        log(f"building Detectron2 with its C++ operators from {root.name} (about a minute per core)")
+        wheel_dir = tmp / "wheel"
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+             "-w", str(wheel_dir), str(root)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise InstallError(f"pip wheel of {source} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        wheels = list(wheel_dir.glob("*.whl"))
+        if len(wheels) != 1:
+            raise InstallError(f"pip wheel produced {len(wheels)} wheels, expected 1")
+        with zipfile.ZipFile(wheels[0]) as z:
+            if not any(n.startswith("detectron2/_C") for n in z.namelist()):
+                raise InstallError(f"{wheels[0].name} has no compiled detectron2/_C: the C++ build was skipped")
+        name, version, rest = wheels[0].name.split("-", 2)
+        final = cache / f"{name}-{version}-{SOURCE_BUILD_PREFIX}{key[:16]}-{rest}"
+        cache.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(wheels[0], final.with_suffix(".part"))
+        os.replace(final.with_suffix(".part"), final)
+        return final
+
+
+def installed_detectron2(target: Optional[Path]):
+    """The ``detectron2`` distribution installed in ``target`` (or on this environment's path), if any."""
+    where = {"path": [str(target)]} if target is not None else {}
+    return next(iter(importlib.metadata.distributions(name="detectron2", **where)), None)
+
+
+def installed_wheel_name(dist) -> Optional[str]:
+    """The wheel file a distribution was installed from (pip records it in direct_url.json)."""
+    text = dist.read_text("direct_url.json") if dist is not None else None
+    if not text:
+        return None
+    return urllib.parse.unquote(json.loads(text).get("url", "")).rsplit("/", 1)[-1] or None
+
+
+def check_compiled_ops(target: Optional[Path]) -> str:
+    """Import the installed Detectron2 and its ``_C`` in a fresh interpreter; return its location."""
+    env = dict(os.environ)
+    if target is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(target)] + [p for p in [env.get("PYTHONPATH")] if p])
+    proc = subprocess.run([sys.executable, "-c", "import detectron2, detectron2._C; print(detectron2.__file__)"],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise InstallError(f"the installed Detectron2 does not import with its compiled ops:\n{proc.stderr[-2000:]}")
+    return str(Path(proc.stdout.strip()).parent)
+
+
+def install_from_source(source: Path, target: Optional[Path], cache: Path, constraint: Optional[Path],
+                        log: Callable[[str], None]) -> None:
+    if not source.exists():
+        raise InstallError(f"--source {source}: no such file or directory")
+    key = source_key(source)
+    log(f"source {source} (sha256 {key[:16]}...)")
+    dist = installed_detectron2(target)
+    where = f"--target {target}" if target is not None else "this environment"
+    wheel_name = installed_wheel_name(dist)
+    if wheel_name and f"-{SOURCE_BUILD_PREFIX}{key[:16]}-" in wheel_name:
+        log(f"Detectron2 from this source is already installed in {where} ({wheel_name}); nothing to do")
+        check_compiled_ops(target)
+        return
+    if dist is not None:
+        log(f"found Detectron2 {dist.version} in {where} ({wheel_name or 'not from this source'}); replacing it")
+    wheel = cached_source_wheel(cache, key)
+    if wheel is not None:
+        log(f"using cached wheel {wheel}")
+    else:
+        wheel = build_source_wheel(source, key, cache, log)
+        log(f"built and cached {wheel}")
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--force-reinstall"]
+    if target is not None:
+        # Its dependencies are this environment's (requirements/runtime.txt); only Detectron2 goes there.
+        cmd += ["--no-deps", "--upgrade", "--target", str(target)]
+    elif constraint is not None:
+        cmd += ["-c", str(constraint)]
+    log("pip install " + wheel.name + (f" --target {target}" if target is not None else ""))
+    if subprocess.run(cmd + [str(wheel)]).returncode != 0:
+        raise InstallError(f"pip install {wheel} failed (see pip's output above)")
+    log(f"installed the official Detectron2 with compiled ops at {check_compiled_ops(target)}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sdist", type=Path, help=f"a local copy of {SDIST_NAME} (checked by sha256)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="default: $TOPKD_CACHE or ~/.cache/topkd_det")
     parser.add_argument("--force", action="store_true", help="install even if a Detectron2 is importable")
     parser.add_argument("-c", "--constraint", type=Path, help="pip constraints file for Detectron2's dependencies")
+    parser.add_argument("--source", type=Path, help="install the official Detectron2 from this source archive "
+                        "(.tar.gz/.zip, e.g. GitHub's) or tree, with its compiled ops")
+    parser.add_argument("--target", type=Path, help="with --source: install into this folder (to put on "
+                        "PYTHONPATH) instead of the environment")
     args = parser.parse_args(argv)
     log = lambda msg: print(f"[install_detectron2] {msg}", flush=True)  # noqa: E731
+    if args.target is not None and args.source is None:
+        parser.error("--target needs --source")
+    if args.source is not None:
+        try:
+            install_from_source(args.source, args.target, args.cache_dir or default_cache_dir(), args.constraint, log)
+        except InstallError as e:
+            print(f"[install_detectron2] ERROR: {e}", file=sys.stderr)
+            return 1
+        return 0
 
     found = existing_detectron2()
     if found and not args.force:

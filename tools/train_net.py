@@ -5,6 +5,9 @@
     python tools/train_net.py --config-file ... --resume                 # continue a killed run
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
     python tools/train_net.py --config-file ... --eval-teacher           # the teacher alone
+    python tools/train_net.py --config-file configs/embedded/topkd.yaml \
+        --coco-dataset mine_train /data/train.json /data/train --coco-dataset mine_val /data/val.json /data/val \
+        DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
 
 Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.DISTILL.TOPKD.K 5 SOLVER.MAX_ITER 1000``.
 """
@@ -19,7 +22,7 @@ from topkd_det.detection import engine  # noqa: E402
 
 
 def main(args):
-    cfg = engine.setup_cfg(args.config_file, args.opts, args)
+    cfg = engine.setup_cfg(args.config_file, args.opts, args, coco_datasets=args.coco_dataset)
     if args.eval_teacher:
         return engine.evaluate_teacher(cfg)
     if args.eval_only:
@@ -30,6 +33,9 @@ def main(args):
 def parser():
     p = default_argument_parser(__doc__)
     p.add_argument("--eval-teacher", action="store_true", help="evaluate the teacher of the config alone")
+    p.add_argument("--coco-dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+                   help="register a COCO-format dataset for DATASETS.TRAIN/TEST (repeatable); shorthand for an "
+                        "entry of DATASETS.COCO_INSTANCES, which the dumped config.yaml keeps")
     return p
 
 

@@ -20,6 +20,14 @@ def add_topkd_config(cfg: CN) -> None:
     cfg.MODEL.TEACHER.WEIGHTS = ""
     # The teacher only runs forward, so it may run in reduced precision (autocast).
     cfg.MODEL.TEACHER.DTYPE = "float32"
+    # KEY VALUE overrides of the teacher's own config, applied after CONFIG_FILE,
+    # e.g. ['MODEL.ROI_HEADS.NUM_CLASSES', 3].
+    cfg.MODEL.TEACHER.OPTS = []
+
+    # COCO-format datasets to register before anything is built: [[name, json_file, image_root], ...].
+    # DATASETS.TRAIN/TEST may then name them; being part of the dumped config.yaml, they need not be
+    # repeated for --resume or --eval-only.
+    cfg.DATASETS.COCO_INSTANCES = []
 
     cfg.MODEL.DISTILL = distill_cfg_node(CN)
     cfg.MODEL.DISTILL.METHOD = "none"

@@ -1,6 +1,6 @@
 """Training and evaluation entry points in Detectron2's ``DefaultTrainer`` style."""
 import os
-from typing import List
+from typing import List, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
@@ -9,9 +9,11 @@ from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 from tqdm import tqdm
 
+from ..config_io import ConfigError
 from .config import load_config
-from .datasets import check_dataset_registered, register_builtin_synthetic
-from .teacher import FrozenTeacher
+from .datasets import (check_class_count, check_dataset_files, check_dataset_registered,
+                       register_builtin_synthetic, register_coco_instances_from_cfg)
+from .teacher import FrozenTeacher, teacher_cfg_from
 
 
 class ProgressBar(HookBase):
@@ -43,20 +45,43 @@ class DistillTrainer(DefaultTrainer):
         return super().build_hooks() + [ProgressBar()]
 
 
-def check_datasets(cfg: CfgNode) -> None:
-    """Fail before any work if a dataset in DATASETS.TRAIN/TEST is not registered."""
+def check_datasets(cfg: CfgNode, check_files: bool = True) -> None:
+    """Register ``DATASETS.COCO_INSTANCES`` and fail before any work if a dataset in DATASETS.TRAIN/TEST
+    is not registered, lacks its files (``check_files``), or has another class count than the model."""
+    own_names = register_coco_instances_from_cfg(cfg.DATASETS.COCO_INSTANCES)
     register_builtin_synthetic()
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
-            check_dataset_registered(name, key=f"DATASETS.{key}")
+            check_dataset_registered(name, key=f"DATASETS.{key}", own_names=own_names)
+            if check_files:
+                check_dataset_files(name, key=f"DATASETS.{key}")
+            check_class_count(name, f"DATASETS.{key}", cfg.MODEL.ROI_HEADS.NUM_CLASSES)
 
 
-def setup_cfg(config_file: str, opts: List[str], args=None) -> CfgNode:
+def check_teacher(cfg: CfgNode) -> None:
+    """The teacher's config (file and OPTS) reads, and its class count is the student's: checked on the
+    YAML alone, before either model is built."""
+    if cfg.MODEL.META_ARCHITECTURE != "DistillRCNN":
+        return
+    teacher_classes = teacher_cfg_from(cfg).MODEL.ROI_HEADS.NUM_CLASSES
+    if teacher_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        raise ConfigError(f"the teacher has {teacher_classes} classes (its MODEL.ROI_HEADS.NUM_CLASSES) but the "
+                          f"student's MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; distillation "
+                          "needs one label space: set MODEL.TEACHER.OPTS \"['MODEL.ROI_HEADS.NUM_CLASSES', N]\" "
+                          "or the student's")
+
+
+def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Sequence = ()) -> CfgNode:
+    """Load, check and freeze the config; with ``args``, then Detectron2's ``default_setup`` (logging,
+    config dump, seeding). ``coco_datasets`` are ``[name, json_file, image_root]`` entries appended to
+    ``DATASETS.COCO_INSTANCES``. Every check runs before the dump, so a bad config leaves no run folder."""
     cfg = load_config(config_file, opts)
+    cfg.DATASETS.COCO_INSTANCES = list(cfg.DATASETS.COCO_INSTANCES) + [list(entry) for entry in coco_datasets]
     cfg.freeze()
+    check_datasets(cfg)
+    check_teacher(cfg)
     if args is not None:
         default_setup(cfg, args)
-    check_datasets(cfg)
     return cfg
 
 
