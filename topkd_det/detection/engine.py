@@ -79,7 +79,8 @@ def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Seque
     cfg.DATASETS.COCO_INSTANCES = list(cfg.DATASETS.COCO_INSTANCES) + [list(entry) for entry in coco_datasets]
     cfg.freeze()
     check_datasets(cfg)
-    check_teacher(cfg)
+    if not (args is not None and args.eval_only):  # evaluating the student needs no teacher
+        check_teacher(cfg)
     if args is not None:
         default_setup(cfg, args)
     return cfg
