@@ -103,6 +103,8 @@ def validate_cls_cfg(cfg: CN, check_files: bool = True) -> None:
     # build_loss checks TopKD's K against the classes; GDKD's top-k is only checked on the first batch.
     if cfg.DISTILL.METHOD == "gdkd" and not 1 <= cfg.DISTILL.GDKD.K < classes:
         raise ConfigError(f"DISTILL.GDKD.K={cfg.DISTILL.GDKD.K} must satisfy 1 <= K < {classes} (the class count)")
+    if cfg.DISTILL.METHOD == "gdkd3" and not 2 <= cfg.DISTILL.GDKD3.K < classes:
+        raise ConfigError(f"DISTILL.GDKD3.K={cfg.DISTILL.GDKD3.K} must satisfy 2 <= K < {classes} (the class count)")
     if is_distillation(cfg):
         if not cfg.MODEL.TEACHER:
             raise ConfigError(f"DISTILL.METHOD={cfg.DISTILL.METHOD!r} needs a teacher: set MODEL.TEACHER")
