@@ -1,12 +1,13 @@
 """A short CPU sanity run of each ViT student at its real input size: does the training loss fall?
 
 Real data that exists here: Fashion-MNIST, resized to 224 px and repeated to three channels. Each student
-trains from scratch with the ViT setting's optimiser (AdamW, LR 5e-4, weight decay 0.05 off norms, biases
-and tokens) and a linear warmup then cosine over --steps, on batches drawn from --train-images images;
+trains from scratch with the ViT setting's optimiser (AdamW, weight decay 0.05 off norms, biases and
+tokens; the setting's LR 5e-4 at batch 128 scaled linearly to --batch-size) and a linear warmup then
+cosine over --steps, on batches drawn from --train-images images;
 it is evaluated on --test-images test images before and after. This checks that the models, the optimiser
 and the schedule train together; it says nothing about CIFAR-100 accuracy.
 
-    python benchmarks/vit_sanity.py                       # all four, 100 steps of 8 images
+    python benchmarks/vit_sanity.py                       # all four, 150 steps of 8 images
     python benchmarks/vit_sanity.py --models pit_tiny --steps 300
 """
 import argparse
@@ -73,10 +74,10 @@ def sanity_run(name: str, data, args) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--warmup", type=int, default=10, help="linear LR warmup steps")
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--warmup", type=int, default=15, help="linear LR warmup steps")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=0.0, help="default: 5e-4 x batch / 128 (the setting's, scaled)")
     parser.add_argument("--train-images", type=int, default=1000)
     parser.add_argument("--test-images", type=int, default=256)
     parser.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist")
@@ -84,6 +85,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", default="output/vit_sanity")
     args = parser.parse_args(argv)
+    args.lr = args.lr or 5e-4 * args.batch_size / 128
     torch.set_num_threads(args.threads)
     cfg = load_cls_cfg(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                                     "fashion_mnist", "base.yaml"),
