@@ -38,9 +38,8 @@ def input_spec(cfg: CN) -> InputSpec:
     return InputSpec(len(mean), input_size(cfg), tuple(mean), tuple(std))
 
 
-def config_of(path: str) -> CN:
+def _stored_config(state, path: str) -> CN:
     """The config a train_cls checkpoint was trained with (stored in it as a YAML dump)."""
-    state = _load(path)
     if not isinstance(state, dict) or "config" not in state or "model" not in state:
         raise AnalysisError(f"{path!r} is not a checkpoint written by tools/train_cls.py (it has no 'config' and "
                             "'model' entries); pass OUTPUT_DIR/last.pth of a training run")
@@ -54,10 +53,11 @@ def config_of(path: str) -> CN:
 
 def load_trained(path: str) -> Trained:
     """The model of a train_cls checkpoint (student weights, eval mode) with its config and input spec."""
-    cfg = config_of(path)
+    state = _load(path)
+    cfg = _stored_config(state, path)
     model = build_model(cfg.MODEL.STUDENT, num_classes(cfg))
     try:
-        model.load_state_dict(extract_state_dict(_load(path)["model"], path))
+        model.load_state_dict(extract_state_dict(state["model"], path))
     except RuntimeError as err:
         raise AnalysisError(f"{path!r}: weights do not fit {cfg.MODEL.STUDENT!r}: {str(err).splitlines()[0]}") from None
     return Trained(model.eval(), cfg, input_spec(cfg))
