@@ -235,3 +235,19 @@ def test_bad_solver_and_input_values_name_their_key(opts, fragment):
     with pytest.raises(ConfigError) as info:
         load_cls_cfg(None, opts, check_files=False)
     assert fragment in str(info.value)
+
+
+def test_shipped_vit_config_trains_through_the_trainer(tmp_path, cifar):
+    """configs/cifar100/resnet56_deit_tiny/kd_ls.yaml end to end on fixture data, shortened to one step."""
+    teacher = _cifar_cfg(tmp_path, cifar, "MODEL.STUDENT", "resnet56", "SOLVER.EPOCHS", 1, name="teacher")
+    Trainer(teacher).train()
+    cfg = load_cls_cfg("configs/cifar100/resnet56_deit_tiny/kd_ls.yaml", [
+        "DATASET.ROOT", str(cifar), "DATASET.NUM_WORKERS", "0", "DATASET.TRAIN_SUBSET", "4", "DATASET.VAL_SIZE", "2",
+        "SOLVER.BATCH_SIZE", "4", "SOLVER.EPOCHS", "1", "SOLVER.WARMUP_EPOCHS", "0", "TEST.BATCH_SIZE", "16",
+        "MODEL.TEACHER_WEIGHTS", f"{teacher.OUTPUT_DIR}/last.pth", "OUTPUT_DIR", str(tmp_path / "deit"),
+        "LOG.TENSORBOARD", "False"])
+    results = Trainer(cfg).train()
+    epoch = [json.loads(line) for line in open(tmp_path / "deit" / "metrics.jsonl") if '"epoch"' in line][-1]
+    assert results["last"]["epoch"] == 1 and 0 <= results["last"]["test/top1"] <= 100
+    assert epoch["train/loss_kd"] > 0 and "train/loss_ce" not in epoch  # the setting's KD: CE weight 0
+    assert load_file(f"{cfg.OUTPUT_DIR}/last.pth")["model"]["pos_embed"].shape == (1, 197, 192)
