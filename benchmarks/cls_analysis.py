@@ -24,7 +24,8 @@ from topkd_det.reporting import fmt_mean_std, write_csv, write_markdown  # noqa:
 
 METHODS = ("none", "kd", "dkd", "gdkd", "gdkd3", "topkd")
 NAMES = {"none": "student alone", "kd": "KD", "dkd": "DKD", "gdkd": "GDKD", "gdkd3": "GDKD3", "topkd": "TopKD"}
-COLUMNS = ("digits probe top-1", "t-SNE silhouette", "t-SNE 5-NN top-1", "logit corr. diff (mean)")
+COLUMNS = ("digits probe top-1", "t-SNE silhouette", "t-SNE 5-NN top-1", "logit diff, mean_logit",
+           "logit diff, pearson")
 
 
 def load_tool(name: str):
@@ -47,6 +48,7 @@ def main(argv=None) -> None:
     parser.add_argument("--output-dir", default="output/cls_analysis")
     parser.add_argument("--images-dir", default="", help="copy seed 0's PNGs here (e.g. docs/img)")
     parser.add_argument("--tsne-samples", type=int, default=2000)
+    parser.add_argument("--reuse", action="store_true", help="keep a tool's results already in OUTPUT_DIR/seed<k>/")
     args = parser.parse_args(argv)
     teacher = os.path.join(args.bench_dir, "teacher", "last.pth")
     ckpt = {(m, s): os.path.join(args.bench_dir, m, f"seed{s}", "last.pth") for m in args.methods for s in args.seeds}
@@ -58,21 +60,28 @@ def main(argv=None) -> None:
     labels = [NAMES[m] for m in args.methods]
     for seed in args.seeds:
         out = os.path.join(args.output_dir, f"seed{seed}")
+        pearson = os.path.join(out, "pearson")
         paths = [ckpt[(m, seed)] for m in args.methods]
-        probe.main(["--target", "digits", "--output-dir", out, "--labels", *labels, "--", *paths])
-        tsne.main(["--max-samples", str(args.tsne_samples), "--output-dir", out, "--labels", *labels, "--", *paths])
-        corr.main(["--teacher", teacher, "--output-dir", out, "--labels", *labels, "--", *paths])
-        for method, p, t, c in zip(args.methods, _read(os.path.join(out, "transfer_digits.json")),
-                                   _read(os.path.join(out, "tsne.json")), _read(os.path.join(out, "logit_correlation.json"))):
-            for column, value in zip(COLUMNS, (p["test_top1"], t["silhouette"], t["knn5_top1"], c["mean"])):
+        runs = ((probe, ["--target", "digits", "--output-dir", out], os.path.join(out, "transfer_digits.json")),
+                (tsne, ["--max-samples", str(args.tsne_samples), "--output-dir", out], os.path.join(out, "tsne.json")),
+                (corr, ["--teacher", teacher, "--output-dir", out], os.path.join(out, "logit_correlation.json")),
+                (corr, ["--teacher", teacher, "--matrix", "pearson", "--output-dir", pearson],
+                 os.path.join(pearson, "logit_correlation.json")))
+        for tool, options, result in runs:
+            if not (args.reuse and os.path.isfile(result)):
+                tool.main([*options, "--labels", *labels, "--", *paths])
+        results = [_read(result) for _, _, result in runs]
+        for method, p, t, c, r in zip(args.methods, *results):
+            for column, value in zip(COLUMNS, (p["test_top1"], t["silhouette"], t["knn5_top1"], c["mean"], r["mean"])):
                 values[method][column].append(value)
-    rows = [{"method": NAMES[m], **{c: fmt_mean_std(values[m][c], 4 if "silhouette" in c or "corr" in c else 2)
+    rows = [{"method": NAMES[m], **{c: fmt_mean_std(values[m][c], 4 if "silhouette" in c or "diff" in c else 2)
                                     for c in COLUMNS}, "seeds": " ".join(map(str, args.seeds))} for m in args.methods]
     columns = ["method", *COLUMNS, "seeds"]
     notes = ("Fashion-MNIST students of benchmarks/cls_accuracy.py; digits probe: scikit-learn's 8x8 digits resized "
              "to 28 px, 50/50 stratified split, linear classifier on frozen penultimate features; t-SNE: "
-             f"{args.tsne_samples} test images; logit correlation: mean_logit matrix, max_diff 3, all 10k test images, "
-             f"against the benchmark's teacher. Command: python benchmarks/cls_analysis.py {' '.join(sys.argv[1:])}")
+             f"{args.tsne_samples} test images; logit diff: mean of |M_s - M_t| / max_diff (diagonal 0) over all 10k "
+             "test images against the benchmark's teacher, M the mean-logit matrix (max_diff 3) or the Pearson "
+             "correlation of class logits (max_diff 2). Command: python benchmarks/cls_analysis.py {' '.join(sys.argv[1:])}")
     print(write_markdown(os.path.join(args.output_dir, "results.md"), "Fashion-MNIST analyses", columns, rows, notes))
     write_csv(os.path.join(args.output_dir, "results.csv"), columns, rows)
     if args.images_dir:

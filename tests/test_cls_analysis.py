@@ -267,3 +267,26 @@ def test_load_trained_rejects_weights_of_another_architecture(runs, tmp_path):
     torch.save(state, tmp_path / "mixed.pth")
     with pytest.raises(AnalysisError, match="do not fit 'fmnist_teacher'"):
         load_trained(str(tmp_path / "mixed.pth"))
+
+
+def test_fashion_mnist_analysis_driver_tabulates_every_tool(runs, tmp_path, capsys):
+    import importlib.util
+    import shutil
+
+    bench = tmp_path / "bench"
+    for name, source in (("teacher", runs["teacher"]), ("none/seed0", runs["alone"]), ("kd/seed0", runs["kd"])):
+        (bench / name).mkdir(parents=True)
+        shutil.copy(source, bench / name / "last.pth")
+    spec = importlib.util.spec_from_file_location("cls_analysis", Path(__file__).parents[1] / "benchmarks" / "cls_analysis.py")
+    driver = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(driver)
+    out = tmp_path / "analysis"
+    argv = ["--bench-dir", str(bench), "--methods", "none", "kd", "--seeds", "0", "--tsne-samples", "30",
+            "--output-dir", str(out), "--images-dir", str(tmp_path / "img")]
+    driver.main(argv)
+    table = (out / "results.md").read_text()
+    assert "| student alone |" in table and "| KD |" in table and "logit diff, pearson" in table
+    assert (tmp_path / "img" / "fmnist_tsne.png").is_file() and (tmp_path / "img" / "fmnist_logit_correlation.png").is_file()
+    first = (out / "seed0" / "tsne.json").stat().st_mtime_ns
+    driver.main([*argv, "--reuse"])  # finished tool results are kept
+    assert (out / "seed0" / "tsne.json").stat().st_mtime_ns == first
