@@ -81,7 +81,7 @@ def main(argv=None) -> None:
              "to 28 px, 50/50 stratified split, linear classifier on frozen penultimate features; t-SNE: "
              f"{args.tsne_samples} test images; logit diff: mean of |M_s - M_t| / max_diff (diagonal 0) over all 10k "
              "test images against the benchmark's teacher, M the mean-logit matrix (max_diff 3) or the Pearson "
-             "correlation of class logits (max_diff 2). Command: python benchmarks/cls_analysis.py {' '.join(sys.argv[1:])}")
+             f"correlation of class logits (max_diff 2). Command: python benchmarks/cls_analysis.py {' '.join(sys.argv[1:])}")
     print(write_markdown(os.path.join(args.output_dir, "results.md"), "Fashion-MNIST analyses", columns, rows, notes))
     write_csv(os.path.join(args.output_dir, "results.csv"), columns, rows)
     if args.images_dir:
