@@ -26,6 +26,8 @@ setup(
         "matplotlib>=3.5",
         "tabulate",
         "termcolor",
+        "timm>=1.0",
+        "scikit-learn>=1.3",
     ],
     extras_require={"test": ["pytest>=7", "pytest-timeout"]},
 )

@@ -26,7 +26,7 @@ from topkd_det.classification.engine import LAST_CHECKPOINT, Env, Trainer, setup
 from topkd_det.reporting import bar_chart, fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "fashion_mnist")
-METHODS = ("none", "kd", "dkd", "dkd_ls", "wttm", "gdkd", "topkd")
+METHODS = ("none", "kd", "dkd", "dkd_ls", "wttm", "gdkd", "gdkd3", "topkd")
 # (column, record, metric) of the summary, each reported as mean ± std over the seeds.
 COLUMNS = (
     ("test top-1 (best)", "best", "test/top1"),

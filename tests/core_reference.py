@@ -16,6 +16,8 @@ Sources each function was checked against:
 - ``gdkd``: ZaberKo/GDKD ``mdistiller/distillers/GDKD.py`` (both the early version with
   ``F.kl_div(..., reduction="batchmean")`` and the later one with ``utils.kl_div(kl_type="forward")``;
   they are the same number).
+- ``gdkd3``: ZaberKo/GDKD ``mdistiller/distillers/GDKD3.py`` and ZaberKo/vit-gdkd ``distillers/gdkd3.py``
+  (forward KL, batch mean, × T²).
 """
 from __future__ import annotations
 
@@ -326,5 +328,35 @@ def gdkd(s, t, k: int, w0: float, w1: float, w2: float, temperature: float) -> f
                   _log_softmax([xs[i] / temperature for i in u1]))
         a2 += _kl(_softmax([xt[i] / temperature for i in u2]),
                   _log_softmax([xs[i] / temperature for i in u2]))
+    n = len(rs)
+    return (w0 * a0 + w1 * a1 + w2 * a2) * temperature ** 2 / n
+
+
+def gdkd3(s, t, k: int, w0: float, w1: float, w2: float, temperature: float) -> float:
+    """GKD3 (ZaberKo/GDKD ``GDKD3.py``, ZaberKo/vit-gdkd ``distillers/gdkd3.py``).
+
+    The teacher's ranking (ASSUMPTION for ties: lower index first, as ``topk_indices``) gives
+    U1 = {rank 1}, U2 = ranks 2..k, U3 = the rest. P = softmax(z/T).
+    L0 = KL([P_t(U1), P_t(U2), P_t(U3)] ‖ [P_s(U1), P_s(U2), P_s(U3)]);
+    L1 = KL within U2 of the renormalised softmaxes; L2 = KL within U3 likewise.
+    Loss = (w0 ΣL0 + w1 ΣL1 + w2 ΣL2)·T²/N.
+    """
+    rs, rt = _rows(s), _rows(t)
+    a0 = a1 = a2 = 0.0
+    for xs, xt in zip(rs, rt):
+        c = len(xs)
+        if not 2 <= k < c:
+            raise ValueError(f"GKD3 needs 2 <= k < C, got k={k}, C={c}")
+        ranked = topk_indices(xt, k)
+        groups = [[ranked[0]], sorted(ranked[1:]), [i for i in range(c) if i not in set(ranked)]]
+        ps = _softmax([v / temperature for v in xs])
+        pt = _softmax([v / temperature for v in xt])
+        a0 += _kl([sum(pt[i] for i in g) for g in groups], [math.log(sum(ps[i] for i in g)) for g in groups])
+        for weight_index, g in ((1, groups[1]), (2, groups[2])):
+            within = _kl(_softmax([xt[i] / temperature for i in g]), _log_softmax([xs[i] / temperature for i in g]))
+            if weight_index == 1:
+                a1 += within
+            else:
+                a2 += within
     n = len(rs)
     return (w0 * a0 + w1 * a1 + w2 * a2) * temperature ** 2 / n

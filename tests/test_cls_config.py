@@ -11,8 +11,12 @@ SHIPPED = sorted(p for d in ("cifar100", "imagenet", "fashion_mnist") for p in (
 
 def test_configs_are_shipped_for_every_table():
     names = {p.relative_to(REPO / "configs").as_posix() for p in SHIPPED}
-    pairs_t1_t2_t8 = {p.parent.name for p in SHIPPED if p.parent.parent.name == "cifar100"}
+    vit_pairs = {f"resnet56_{vit}" for vit in ("deit_tiny", "t2t_vit_7", "pit_tiny", "pvt_tiny")}
+    pairs_t1_t2_t8 = {p.parent.name for p in SHIPPED if p.parent.parent.name == "cifar100"} - vit_pairs
     assert len(pairs_t1_t2_t8) == 19
+    for pair in vit_pairs:
+        for method in ("kd", "kd_ls", "dkd", "dkd_ls", "wttm", "gdkd", "gdkd3", "gdkd3_ls", "topkd"):
+            assert f"cifar100/{pair}/{method}.yaml" in names
     for pair in pairs_t1_t2_t8:
         for method in ("kd", "dkd", "dkd_ls", "wttm", "gdkd", "topkd"):
             assert f"cifar100/{pair}/{method}.yaml" in names

@@ -5,6 +5,7 @@ import torch
 import torchvision
 
 from topkd_det.classification.models import (
+    FIXED_INPUT_SIZE,
     MODEL_REGISTRY,
     FeatureClassifier,
     UnknownModelError,
@@ -31,6 +32,8 @@ def _single_thread():
 def _input(name: str, n: int = 2) -> torch.Tensor:
     if name in FMNIST:
         return torch.randn(n, 1, 28, 28)
+    if name in FIXED_INPUT_SIZE:
+        return torch.randn(n, 3, FIXED_INPUT_SIZE[name], FIXED_INPUT_SIZE[name])
     # ImageNet models pool adaptively, so 64x64 exercises them at a fraction of 224's cost.
     size = 64 if name in IMAGENET else 32
     return torch.randn(n, 3, size, size)

@@ -17,6 +17,7 @@ METHOD_OVERRIDES = {
     "dkd": {},
     "wttm": {},
     "gdkd": {"MODEL.DISTILL.GDKD.K": 2},
+    "gdkd3": {"MODEL.DISTILL.GDKD3.K": 2},
     "topkd": {},
     "topkd-image-fg": {"MODEL.DISTILL.TOPKD.SCOPE": "image", "MODEL.DISTILL.TOPKD.FOREGROUND_ONLY": True,
                        "MODEL.DISTILL.TOPKD.NEGATIVES": "other_label"},
@@ -24,6 +25,7 @@ METHOD_OVERRIDES = {
                       "MODEL.DISTILL.PLUGIN.TDL": True},
 }
 EXPECTED_TERMS = {"kd": {"loss_kd"}, "dkd": {"loss_dkd"}, "wttm": {"loss_wttm"}, "gdkd": {"loss_gdkd"},
+                  "gdkd3": {"loss_gdkd3"},
                   "topkd": {"loss_con", "loss_tdl"}, "topkd-image-fg": {"loss_con", "loss_tdl"},
                   "dkd-ls-plugin": {"loss_dkd", "loss_tdl"}}
 

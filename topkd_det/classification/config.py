@@ -12,12 +12,15 @@ from fvcore.common.config import CfgNode as CN
 from ..config_io import ConfigError, merge_config
 from ..core import build_loss
 from ..distill_config import distill_cfg_node
-from .models import MODEL_REGISTRY, list_models
+from .models import FIXED_INPUT_SIZE, MODEL_REGISTRY, list_models
+from .optim import OPTIMIZERS, SCHEDULERS
 
 DATASETS = ("cifar100", "imagenet", "fashion_mnist")
 # Classes of each dataset's standard form; MODEL.NUM_CLASSES 0 means "take it from here".
 DATASET_CLASSES = {"cifar100": 100, "imagenet": 1000, "fashion_mnist": 10}
 AMP_DTYPES = ("bf16", "fp16")
+NATIVE_INPUT_SIZE = {"cifar100": 32, "imagenet": 224, "fashion_mnist": 28}
+TRANSFORMS = ("crop_flip", "randaug")
 
 
 def get_cls_cfg() -> CN:
@@ -31,6 +34,9 @@ def get_cls_cfg() -> CN:
     # Student weights to start from (or to evaluate with --eval-only); empty: random init.
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.NUM_CLASSES = 0  # 0: the dataset's class count (DATASET_CLASSES)
+    # The teacher sees the student's batch resized (bilinear) to this size; 0: the same batch. The ViT
+    # setting's CNN teacher reads 32 px while its students read 224 px.
+    cfg.MODEL.TEACHER_INPUT_SIZE = 0
 
     cfg.DATASET = CN()
     cfg.DATASET.NAME = "cifar100"
@@ -43,6 +49,13 @@ def get_cls_cfg() -> CN:
     cfg.DATASET.VAL_SEED = 0
     # Train on this many (randomly chosen, by VAL_SEED) train images; 0: all. For budgeted benchmarks.
     cfg.DATASET.TRAIN_SUBSET = 0
+    # "crop_flip": the CNN protocols (random crop with padding, flip). "randaug": the ViT protocol of the
+    # locality-guidance setting (timm's RandomResizedCrop, flip, RandAugment rand-m9-mstd0.5-inc1, random
+    # erasing 0.25, ImageNet mean/std), CIFAR-100 only; see transforms.py.
+    cfg.DATASET.TRANSFORM = "crop_flip"
+    # Images are resized to this square size (train and test); 0: the dataset's own (32, 28; 224 for
+    # ImageNet). The ViT students read 224 px.
+    cfg.DATASET.INPUT_SIZE = 0
 
     cfg.SOLVER = CN()
     cfg.SOLVER.BATCH_SIZE = 64  # global: split evenly over the DDP ranks
@@ -52,6 +65,15 @@ def get_cls_cfg() -> CN:
     cfg.SOLVER.LR_DECAY_RATE = 0.1
     cfg.SOLVER.WEIGHT_DECAY = 5e-4
     cfg.SOLVER.MOMENTUM = 0.9
+    cfg.SOLVER.NESTEROV = False
+    cfg.SOLVER.OPTIMIZER = "sgd"  # sgd | adamw (optim.py)
+    cfg.SOLVER.BETAS = [0.9, 0.999]  # adamw
+    cfg.SOLVER.LR_SCHEDULER = "multistep"  # multistep (LR_DECAY_*) | cosine (WARMUP_*, MIN_LR)
+    cfg.SOLVER.WARMUP_EPOCHS = 0  # cosine: linear LR warmup from WARMUP_FACTOR * LR
+    cfg.SOLVER.WARMUP_FACTOR = 0.001
+    cfg.SOLVER.MIN_LR = 0.0  # cosine: the LR at the end of the run
+    # True: no weight decay on 1-D parameters (norms, biases), class tokens and position embeddings.
+    cfg.SOLVER.SKIP_DECAY_NORM_BIAS_TOKENS = False
 
     cfg.TEST = CN()
     cfg.TEST.BATCH_SIZE = 256  # per process: evaluation needs no fixed global batch
@@ -103,6 +125,8 @@ def validate_cls_cfg(cfg: CN, check_files: bool = True) -> None:
     # build_loss checks TopKD's K against the classes; GDKD's top-k is only checked on the first batch.
     if cfg.DISTILL.METHOD == "gdkd" and not 1 <= cfg.DISTILL.GDKD.K < classes:
         raise ConfigError(f"DISTILL.GDKD.K={cfg.DISTILL.GDKD.K} must satisfy 1 <= K < {classes} (the class count)")
+    if cfg.DISTILL.METHOD == "gdkd3" and not 2 <= cfg.DISTILL.GDKD3.K < classes:
+        raise ConfigError(f"DISTILL.GDKD3.K={cfg.DISTILL.GDKD3.K} must satisfy 2 <= K < {classes} (the class count)")
     if is_distillation(cfg):
         if not cfg.MODEL.TEACHER:
             raise ConfigError(f"DISTILL.METHOD={cfg.DISTILL.METHOD!r} needs a teacher: set MODEL.TEACHER")
@@ -124,10 +148,63 @@ def validate_cls_cfg(cfg: CN, check_files: bool = True) -> None:
             raise ConfigError(f"SOLVER.{key} must be >= 1, got {solver[key]}")
     if list(solver.LR_DECAY_STAGES) != sorted(solver.LR_DECAY_STAGES):
         raise ConfigError(f"SOLVER.LR_DECAY_STAGES must be increasing, got {list(solver.LR_DECAY_STAGES)}")
+    _validate_solver(solver)
+    _validate_inputs(cfg)
     if cfg.AMP.DTYPE not in AMP_DTYPES:
         raise ConfigError(f"AMP.DTYPE={cfg.AMP.DTYPE!r} is unknown; valid: {', '.join(AMP_DTYPES)}")
     if cfg.LOG.PERIOD < 1 or cfg.CHECKPOINT_PERIOD < 1:
         raise ConfigError("LOG.PERIOD and CHECKPOINT_PERIOD must be >= 1")
+
+
+def _validate_solver(solver: CN) -> None:
+    if solver.OPTIMIZER not in OPTIMIZERS:
+        raise ConfigError(f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
+    if solver.LR_SCHEDULER not in SCHEDULERS:
+        raise ConfigError(f"SOLVER.LR_SCHEDULER={solver.LR_SCHEDULER!r} is unknown; valid: {', '.join(SCHEDULERS)}")
+    if not solver.LR > 0:
+        raise ConfigError(f"SOLVER.LR must be > 0, got {solver.LR}")
+    if solver.WEIGHT_DECAY < 0:
+        raise ConfigError(f"SOLVER.WEIGHT_DECAY must be >= 0, got {solver.WEIGHT_DECAY}")
+    if len(solver.BETAS) != 2 or not all(0.0 <= b < 1.0 for b in solver.BETAS):
+        raise ConfigError(f"SOLVER.BETAS must be two numbers in [0, 1), got {list(solver.BETAS)}")
+    if solver.NESTEROV and (solver.OPTIMIZER != "sgd" or solver.MOMENTUM <= 0):
+        raise ConfigError("SOLVER.NESTEROV needs SOLVER.OPTIMIZER sgd with SOLVER.MOMENTUM > 0")
+    if not isinstance(solver.WARMUP_EPOCHS, int) or not 0 <= solver.WARMUP_EPOCHS < solver.EPOCHS:
+        raise ConfigError(f"SOLVER.WARMUP_EPOCHS must be a whole number in [0, SOLVER.EPOCHS={solver.EPOCHS}), "
+                          f"got {solver.WARMUP_EPOCHS!r}")
+    if solver.WARMUP_EPOCHS and solver.LR_SCHEDULER != "cosine":
+        raise ConfigError("SOLVER.WARMUP_EPOCHS applies to SOLVER.LR_SCHEDULER cosine only; set it to 0 or use cosine")
+    if not 0.0 < solver.WARMUP_FACTOR <= 1.0:
+        raise ConfigError(f"SOLVER.WARMUP_FACTOR must lie in (0, 1], got {solver.WARMUP_FACTOR}")
+    if not 0.0 <= solver.MIN_LR <= solver.LR:
+        raise ConfigError(f"SOLVER.MIN_LR must lie in [0, SOLVER.LR={solver.LR}], got {solver.MIN_LR}")
+
+
+def _validate_inputs(cfg: CN) -> None:
+    d = cfg.DATASET
+    if d.TRANSFORM not in TRANSFORMS:
+        raise ConfigError(f"DATASET.TRANSFORM={d.TRANSFORM!r} is unknown; valid: {', '.join(TRANSFORMS)}")
+    if d.TRANSFORM == "randaug" and d.NAME != "cifar100":
+        raise ConfigError(f"DATASET.TRANSFORM randaug is implemented for DATASET.NAME cifar100 only, got {d.NAME!r}")
+    for key, value in (("DATASET.INPUT_SIZE", d.INPUT_SIZE), ("MODEL.TEACHER_INPUT_SIZE", cfg.MODEL.TEACHER_INPUT_SIZE)):
+        if not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{key} must be a whole number >= 0 (0: unchanged), got {value!r}")
+    if d.NAME == "imagenet" and d.INPUT_SIZE not in (0, 224):
+        raise ConfigError(f"DATASET.INPUT_SIZE={d.INPUT_SIZE}: ImageNet images are cropped to 224; leave it 0")
+    fixed = FIXED_INPUT_SIZE.get(cfg.MODEL.STUDENT)
+    if fixed and input_size(cfg) != fixed:
+        raise ConfigError(f"MODEL.STUDENT={cfg.MODEL.STUDENT!r} reads {fixed} px images; set DATASET.INPUT_SIZE {fixed} "
+                          f"(now {input_size(cfg)})")
+    teacher_fixed = FIXED_INPUT_SIZE.get(cfg.MODEL.TEACHER) if is_distillation(cfg) else None
+    teacher_size = cfg.MODEL.TEACHER_INPUT_SIZE or input_size(cfg)
+    if teacher_fixed and teacher_size != teacher_fixed:
+        raise ConfigError(f"MODEL.TEACHER={cfg.MODEL.TEACHER!r} reads {teacher_fixed} px images; set "
+                          f"MODEL.TEACHER_INPUT_SIZE {teacher_fixed} (now {teacher_size})")
+
+
+def input_size(cfg: CN) -> int:
+    """The side of the square images the student reads."""
+    return cfg.DATASET.INPUT_SIZE or NATIVE_INPUT_SIZE[cfg.DATASET.NAME]
 
 
 def load_cls_cfg(config_file: Optional[str] = None, opts: Iterable[str] = (), check_files: bool = True) -> CN:

@@ -41,22 +41,25 @@ class TensorImages(Dataset):
     in one vectorised step. Randomness comes from torch's global RNG (saved in checkpoints)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 crop_padding: int = 0, flip: bool = False):
+                 crop_padding: int = 0, flip: bool = False, size: int = 0):
         self.images, self.labels = images, labels
         self.mean_std = (tuple(mean), tuple(std))
         self.mean = torch.tensor(mean).view(1, -1, 1, 1)
         self.std = torch.tensor(std).view(1, -1, 1, 1)
         self.crop_padding, self.flip = crop_padding, flip
+        self.size = size  # resize each batch (bilinear) to size x size after augmenting; 0: keep
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def view(self, indices: Optional[torch.Tensor] = None, augment: bool = False,
-             crop_padding: int = 0) -> "TensorImages":
-        """The images (all, or the rows in ``indices``), with or without train augmentation."""
+             crop_padding: int = 0, size: Optional[int] = None) -> "TensorImages":
+        """The images (all, or the rows in ``indices``), with or without train augmentation, resized to
+        ``size`` (None: as this view)."""
         images = self.images if indices is None else self.images[indices]
         labels = self.labels if indices is None else self.labels[indices]
-        return TensorImages(images, labels, *self.mean_std, crop_padding if augment else 0, augment)
+        return TensorImages(images, labels, *self.mean_std, crop_padding if augment else 0, augment,
+                            self.size if size is None else size)
 
     def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
         # RandomCrop(size, padding=p) on every image at once: zero-pad, then gather a shifted window.
@@ -78,6 +81,8 @@ class TensorImages(Dataset):
             flip = torch.rand(len(index)) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
         x = (x.float().div_(255) - self.mean) / self.std
+        if self.size and x.shape[-1] != self.size:
+            x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
         return x, self.labels[index]
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -225,13 +230,23 @@ def build_splits(cfg) -> Splits:
     if cfg.MODEL.NUM_CLASSES and cfg.MODEL.NUM_CLASSES != classes:
         raise DatasetError(f"MODEL.NUM_CLASSES={cfg.MODEL.NUM_CLASSES} but {d.ROOT!r} holds {classes} classes")
     train_idx, val_idx = _holdout(n, d.VAL_SIZE, d.TRAIN_SUBSET, d.VAL_SEED)
+    size = d.INPUT_SIZE
+    if d.TRANSFORM == "randaug":
+        from .transforms import randaug_splits
+
+        size = size or 32  # CIFAR-100's own size (randaug is CIFAR-100 only)
+        train, val, test = randaug_splits(full_train.images[train_idx], full_train.labels[train_idx],
+                                          full_train.images[val_idx], full_train.labels[val_idx],
+                                          test.images, test.labels, size, d.AUGMENT)
+        return Splits(train, val, test, classes)
     if d.NAME == "imagenet":
         train = Subset(train_aug, train_idx.tolist())
         val = Subset(train_plain, val_idx.tolist()) if d.VAL_SIZE else None
     else:
         padding = 4 if d.NAME == "cifar100" else 2
-        train = full_train.view(train_idx, augment=d.AUGMENT, crop_padding=padding)
-        val = full_train.view(val_idx) if d.VAL_SIZE else None
+        train = full_train.view(train_idx, augment=d.AUGMENT, crop_padding=padding, size=size)
+        val = full_train.view(val_idx, size=size) if d.VAL_SIZE else None
+        test = test.view(size=size)
     return Splits(train, val, test, classes)
 
 

@@ -2,11 +2,12 @@
 from typing import Dict, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core import build_loss
 from .checkpoint import load_weights
-from .config import is_distillation, num_classes
+from .config import input_size, is_distillation, num_classes
 from .models import build_model
 
 
@@ -43,6 +44,18 @@ class Distiller(nn.Module):
         return logits, self.loss(logits, teacher_logits, y, progress=progress)
 
 
+class ResizedInput(nn.Module):
+    """``model`` run on its input resized (bilinear) to ``size`` x ``size``: a teacher trained at a lower
+    resolution than its student (the ViT setting's 32 px CNN beside 224 px students)."""
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False))
+
+
 def build_student(cfg) -> nn.Module:
     student = build_model(cfg.MODEL.STUDENT, num_classes(cfg))
     if cfg.MODEL.WEIGHTS:
@@ -56,6 +69,9 @@ def build_teacher(cfg) -> Optional[nn.Module]:
         return None
     teacher = build_model(cfg.MODEL.TEACHER, num_classes(cfg))
     load_weights(teacher, cfg.MODEL.TEACHER_WEIGHTS, f"teacher {cfg.MODEL.TEACHER!r} (MODEL.TEACHER_WEIGHTS)")
+    size = cfg.MODEL.TEACHER_INPUT_SIZE
+    if size and size != input_size(cfg):
+        teacher = ResizedInput(teacher, size)
     return teacher.requires_grad_(False).eval()
 
 

@@ -1,5 +1,6 @@
-"""The classification trainer: SGD with a multi-step LR, the loss warmup, AMP, DDP, atomic checkpoints
-with exact resume, and logging to metrics.jsonl, TensorBoard and a progress bar.
+"""The classification trainer: SGD with a multi-step LR or AdamW with a warmup-cosine LR (optim.py), the
+loss warmup, AMP, DDP, atomic checkpoints with exact resume, and logging to metrics.jsonl, TensorBoard and
+a progress bar.
 
 Exact resume: each epoch's data order comes from (SEED, epoch) through ``DistributedSampler``, and the
 checkpoint written after every epoch holds every RNG the next epoch draws from (augmentation, dropout,
@@ -27,6 +28,7 @@ from tqdm import tqdm
 from .checkpoint import load_file, save_atomic
 from .data import TensorImages, build_splits, collate_batch, describe
 from .distiller import Distiller, build_distill_loss, build_student, build_teacher
+from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -194,9 +196,8 @@ class Trainer:
         self.distiller = Distiller(wrapped, self.teacher, build_distill_loss(cfg))
 
         s = cfg.SOLVER
-        self.optimizer = torch.optim.SGD(self.student.parameters(), lr=s.LR, momentum=s.MOMENTUM,
-                                         weight_decay=s.WEIGHT_DECAY)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, list(s.LR_DECAY_STAGES), s.LR_DECAY_RATE)
+        self.optimizer = build_optimizer(cfg, self.student)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
         amp_dtype = torch.bfloat16 if cfg.AMP.DTYPE == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=cfg.AMP.ENABLED and cfg.AMP.DTYPE == "fp16")
         self.autocast = lambda: torch.autocast(self.env.device.type, dtype=amp_dtype, enabled=cfg.AMP.ENABLED)

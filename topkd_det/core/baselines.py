@@ -106,3 +106,37 @@ def gdkd_loss(s: torch.Tensor, t: torch.Tensor, k: int, w0: float, w1: float, w2
                         reduction="batchmean")
 
     return (w0 * loss0 + w1 * within(top) + w2 * within(rest)) * temperature ** 2
+
+
+def gdkd3_loss(s: torch.Tensor, t: torch.Tensor, k: int, w0: float, w1: float, w2: float,
+               temperature: float) -> torch.Tensor:
+    """GKD3, the three-partition GDKD (Zheng & Cheng, TNNLS 2025), as the authors' ``GDKD3``.
+
+    The teacher's ranking splits the classes into U1 = its top-1, U2 = the rest of its top-k and
+    U3 = everything else. L0 is the KL of the three group masses, L1 the KL within U2 and L2 the KL
+    within U3 (the KL within the single-class U1 is always 0); ``w0·L0 + w1·L1 + w2·L2``, batch-mean
+    and × T². The teacher is the target of every KL (``KL(p_t ‖ p_s)``), as the authors' forward KL.
+    """
+    if not 2 <= k < s.shape[1]:
+        raise ValueError(f"GKD3 top-k={k} must satisfy 2 <= k < C={s.shape[1]} (U2, the teacher's ranks 2..k, "
+                         "must not be empty)")
+    s, t = _prepare(s, t)
+    ranks = t.topk(k, dim=1).indices
+    top1 = torch.zeros_like(t, dtype=torch.bool).scatter_(1, ranks[:, :1], True)
+    rest_of_topk = torch.zeros_like(t, dtype=torch.bool).scatter_(1, ranks[:, 1:], True)
+    others = ~(top1 | rest_of_topk)
+    s, t = s / temperature, t / temperature
+    p_s, p_t = F.softmax(s, dim=1), F.softmax(t, dim=1)
+
+    def masses(p):
+        return torch.stack([p.masked_fill(~group, 0).sum(1) for group in (top1, rest_of_topk, others)], 1)
+
+    loss0 = F.kl_div(torch.log(masses(p_s)), masses(p_t), reduction="batchmean")
+
+    def within(keep: torch.Tensor) -> torch.Tensor:
+        # The authors' masking: 1000 below the others, so exp() of a masked logit underflows to 0.
+        drop = 1000.0 * (~keep).to(s.dtype)
+        return F.kl_div(F.log_softmax(s - drop, dim=1), F.log_softmax(t - drop, dim=1), reduction="batchmean",
+                        log_target=True)
+
+    return (w0 * loss0 + w1 * within(rest_of_topk) + w2 * within(others)) * temperature ** 2

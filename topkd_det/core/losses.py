@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .baselines import _dkd, gdkd_loss, kd_loss, standardize, wttm_loss
+from .baselines import _dkd, gdkd3_loss, gdkd_loss, kd_loss, standardize, wttm_loss
 from .contrastive import NEGATIVES, contrastive_loss
 from .tdl import tdl_from_partition
 from .topk import partition_index, teacher_topk, tsm_from_topk
@@ -17,7 +17,7 @@ from .validation import check_k, check_labels, check_pair, label_range_error
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("none", "kd", "dkd", "ttm", "wttm", "gdkd", "topkd")
+METHODS = ("none", "kd", "dkd", "ttm", "wttm", "gdkd", "gdkd3", "topkd")
 TOPKD_MODES = ("kl", "contrastive", "contrastive+tsm", "contrastive+tdl", "topkd")
 NONFINITE_POLICIES = ("error", "skip")
 SCOPES = ("batch", "image")
@@ -36,6 +36,8 @@ LOSS_DEFAULTS: Dict[str, Any] = {
     "ttm": {"weight": 1.0, "l": 0.1},
     "wttm": {"weight": 1.0, "l": 0.1},
     "gdkd": {"weight": 1.0, "k": 5, "w0": 1.0, "w1": 8.0, "w2": 8.0, "temperature": 4.0},
+    # The GDKD authors' GKD3 defaults (ZaberKo/vit-gdkd config/gdkd3.yaml); docs/gdkd3.md.
+    "gdkd3": {"weight": 1.0, "k": 5, "w0": 0.5, "w1": 1.0, "w2": 1.0, "temperature": 1.0},
     "topkd": {
         "k": 10,
         "rank_gain": 0.5,
@@ -194,9 +196,12 @@ class DistillationLoss(nn.Module):
             value = _dkd(s, t, y, d["alpha"], d["beta"], d["temperature"])
         elif m in ("ttm", "wttm"):
             value = wttm_loss(s, t, opt[m]["l"], weighted=m == "wttm")
-        else:
+        elif m == "gdkd":
             g = opt["gdkd"]
             value = gdkd_loss(s, t, g["k"], g["w0"], g["w1"], g["w2"], g["temperature"])
+        else:
+            g = opt["gdkd3"]
+            value = gdkd3_loss(s, t, g["k"], g["w0"], g["w1"], g["w2"], g["temperature"])
         return {f"loss_{m}": opt[m]["weight"] * value}
 
     def _base_terms_with_plugins(self, s, t, y) -> Dict[str, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Classification model zoo: CIFAR-100 (CRD/mdistiller), ImageNet and Fashion-MNIST models.
+"""Classification model zoo: CIFAR-100 (CRD/mdistiller), ImageNet and Fashion-MNIST models, and the
+ViT students of the locality-guidance setting (CIFAR-100 at 224 px).
 
 Every model maps images to logits; ``model(x, return_features=True)`` returns
 ``(logits, feats)`` where ``feats`` (N x ``model.feature_dim``) is the input of the final linear
@@ -12,6 +13,7 @@ from typing import Callable, Dict, List
 from torch import nn
 
 from .base import FeatureClassifier
+from .deit import deit_tiny
 from .cifar_resnet import (
     resnet8,
     resnet14,
@@ -26,6 +28,10 @@ from .cifar_resnet import (
 from .fmnist import fmnist_student, fmnist_teacher
 from .imagenet_resnet import resnet18, resnet34, resnet50
 from .mobilenetv1 import MobileNetV1
+from .pit import pit_tiny
+from .pvt import pvt_tiny
+from .t2t_vit import t2t_vit_7
+from .vit_common import VIT_INPUT_SIZE
 from .mobilenetv2 import MobileNetV2
 from .resnetv2 import ResNet50
 from .shufflenetv1 import ShuffleNetV1
@@ -33,7 +39,8 @@ from .shufflenetv2 import ShuffleNetV2
 from .vgg import vgg8, vgg11, vgg13, vgg16, vgg19
 from .wrn import wrn_16_1, wrn_16_2, wrn_16_4, wrn_28_2, wrn_28_4, wrn_40_1, wrn_40_2
 
-__all__ = ["FeatureClassifier", "MODEL_REGISTRY", "UnknownModelError", "build_model", "list_models"]
+__all__ = ["FIXED_INPUT_SIZE", "FeatureClassifier", "MODEL_REGISTRY", "UnknownModelError", "build_model",
+           "list_models"]
 
 _CANONICAL = {
     fn.__name__: fn
@@ -72,8 +79,15 @@ _CANONICAL = {
         # Fashion-MNIST, 1x28x28
         fmnist_teacher,
         fmnist_student,
+        # ViT students, 3x224x224 (CIFAR-100 resized, the locality-guidance setting)
+        deit_tiny,
+        t2t_vit_7,
+        pit_tiny,
+        pvt_tiny,
     )
 }
+# Models whose position embeddings fix their input size; config validation holds the data to it.
+FIXED_INPUT_SIZE = {name: VIT_INPUT_SIZE for name in ("deit_tiny", "t2t_vit_7", "pit_tiny", "pvt_tiny")}
 
 # mdistiller's other spellings of the same constructors.
 _ALIASES = {
