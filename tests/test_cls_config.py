@@ -76,7 +76,7 @@ def test_bad_config_fails_early_with_the_key(opts, fragments):
 
 
 def test_missing_config_file_and_unknown_key():
-    with pytest.raises(ConfigError, match="no such file 'nope.yaml'"):
+    with pytest.raises(ConfigError, match="no such config file 'nope.yaml'"):
         load_cls_cfg("nope.yaml")
     with pytest.raises(ConfigError, match="Non-existent key: SOLVER.NOPE"):
         load_cls_cfg(None, ["SOLVER.NOPE", "1"])

@@ -42,7 +42,7 @@ def merge_config(cfg: CN, config_file: Optional[str], opts: Iterable = ()) -> CN
     ConfigError raised here names the file or the overrides it came from.
     """
     if config_file and not os.path.isfile(config_file):
-        raise ConfigError(f"--config-file: no such file {str(config_file)!r}")
+        raise ConfigError(f"no such config file {str(config_file)!r} (relative paths are from {os.getcwd()!r})")
     try:
         if config_file:
             cfg.merge_from_file(str(config_file))

@@ -33,17 +33,26 @@ def save_atomic(obj: Any, path: str) -> None:
     try:
         torch.save(obj, tmp)
         _replace(tmp, path)
-    except BaseException:
+    except Exception:  # e.g. a full disk; a killed process leaves its temp file to the next start
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
 
 
 def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
     tmp = _tmp_name(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-    _replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        _replace(tmp, path)
+    except Exception:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def remove_orphans(directory: str) -> List[str]:

@@ -14,12 +14,10 @@ import contextlib
 import json
 import logging
 import os
-import random
 import re
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -29,6 +27,7 @@ from tqdm import tqdm
 
 from ..files import file_sha256, remove_orphans, save_atomic, torch_file_problem, write_text_atomic
 from ..resume_rules import ResumeRules, check_resume, flatten
+from ..rng import rng_state, seed_everything, set_rng_state
 from .checkpoint import WeightsError, check_fits, load_file
 from .config import is_distillation
 from .data import TensorImages, build_splits, collate_batch, describe
@@ -73,36 +72,6 @@ def setup_distributed() -> Env:
 def _barrier(env: Env) -> None:
     if env.world > 1:
         dist.barrier()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # all devices
-
-
-def rng_state() -> Dict[str, Any]:
-    """Every RNG of this process as plain types (numpy's key array as a list), so the checkpoint
-    loads with ``weights_only``."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 # --- metrics ---------------------------------------------------------------------------------------
