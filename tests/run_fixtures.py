@@ -60,7 +60,7 @@ def det_config(tmp: Path, names, method: str = "topkd", max_iter: int = 3) -> Pa
 
 
 def copy_run(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
+    shutil.copytree(src, dst, dirs_exist_ok=True)
     return dst
 
 

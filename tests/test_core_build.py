@@ -213,3 +213,21 @@ def test_scope_image_needs_groups(logits):
     s, t, y = logits
     with pytest.raises(ValueError, match="needs the per-row image ids"):
         build_loss("topkd", topkd={"k": 3, "scope": "image"})(s, t, y)
+
+
+def test_every_knob_has_a_validation_rule():
+    """A knob (or a method's group) added to LOSS_DEFAULTS without a LOSS_SCHEMA entry fails here."""
+    from topkd_det.core import LOSS_SCHEMA
+    from topkd_det.core.knobs import missing_rules
+
+    assert missing_rules(LOSS_DEFAULTS, LOSS_SCHEMA) == []
+    assert missing_rules({"gdkd3": {"k": 5}}, LOSS_SCHEMA) == ["gdkd3"]
+
+
+def test_config_prefix_names_the_config_key():
+    node = distill_cfg_node()
+    node.merge_from_list(["METHOD", "kd", "KD.TEMPERATURE", -2.0])
+    with pytest.raises(ValueError, match=r"^MODEL\.DISTILL\.KD\.TEMPERATURE must be > 0, got -2\.0$"):
+        build_loss(node, config_prefix="MODEL.DISTILL")
+    with pytest.raises(ValueError, match=r"^kd\.temperature must be > 0, got -2\.0$"):
+        build_loss(node)

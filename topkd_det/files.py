@@ -112,9 +112,10 @@ def torch_file_problem(path: str) -> Optional[str]:
     return f"is damaged (member {bad!r} fails its CRC check)" if bad else None
 
 
-# What torch.load / pickle.load raise for a damaged or foreign file (torch wraps zip errors in RuntimeError).
-LOAD_ERRORS = (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, UnicodeDecodeError, ValueError,
-               KeyError, OSError)
+# torch.load / pickle.load on a damaged or foreign file raise almost anything (RuntimeError for a broken
+# zip, EOFError, UnpicklingError, KeyError or IndexError for random bytes, ...): callers catch it all
+# around the load alone and let ``unreadable_reason`` say what is wrong with the file.
+LOAD_ERRORS = (Exception,)
 
 
 def is_weights_only_refusal(err: BaseException) -> bool:

@@ -114,7 +114,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
         try:
             return super().load(path, *args, **kwargs)
         except LOAD_ERRORS as err:
-            if not path or not os.path.isfile(path):
+            # Loading also fits the weights into the model: only a problem of the file itself is reported
+            # as one (an intact zip checkpoint cannot have one).
+            intact_zip = path and os.path.isfile(path) and torch_file_problem(path) is None
+            if not path or not os.path.isfile(path) or intact_zip:
                 raise
             raise CheckpointError(
                 f"checkpoint or weights file {path!r} {unreadable_reason(path, err)}: download or copy it again "
