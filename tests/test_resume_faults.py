@@ -232,3 +232,23 @@ def test_atomic_checkpointer_leaves_the_previous_checkpoint_on_a_failed_write(tm
     assert (tmp_path / "model_0000001.pth").read_bytes() == before
     assert not list(tmp_path.glob(f"*{TMP_INFIX}*"))  # a failure (not a kill) cleans up after itself
     assert checkpointer.get_checkpoint_file() == str(tmp_path / "model_0000001.pth")
+
+
+def test_det_resume_onto_another_architecture_is_refused_even_with_the_flag(det, tmp_path, monkeypatch, capsys):
+    out = copy_run(det["whole"], tmp_path / "run")
+    steps = StepCounter(monkeypatch)
+    with pytest.raises(SystemExit):
+        _train(det["config"], out, "--resume", "--allow-config-change", opts=["MODEL.ROI_BOX_HEAD.FC_DIM", "32"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"error: {out / 'model_final.pth'} does not fit the model of this config" in err
+    assert "6 shape mismatches (file vs model): roi_heads.box_head.fc1.weight (64, 1568) vs (32, 1568)" in err
+    assert steps.count == 0
+
+
+def test_demo_progress_never_counts_past_a_run_length(tmp_path):
+    from topkd_det.detection.embedded import iterations_done
+
+    (tmp_path / "metrics.json").write_text('{"iteration": 399, "loss": 1.0}\n')  # an earlier, longer run
+    assert iterations_done(tmp_path, 2) == 2
+    assert iterations_done(tmp_path, 1000) == 400
+    assert iterations_done(tmp_path / "absent", 10) == 0

@@ -2,18 +2,17 @@
 damaged file or a mismatch instead of printing torch's raw error or key dump."""
 import os
 from collections import Counter
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import nn
 
 from ..files import LOAD_ERRORS, is_weights_only_refusal, unreadable_reason
+from ..state_dicts import mismatch
 
 # Keys under which training scripts nest the model's state dict: mdistiller/CRD ("model"),
 # pytorch-lightning and many others ("state_dict"), older repos ("net").
 _WRAPPER_KEYS = ("model", "state_dict", "net")
-# Shown per kind of mismatch; the counts are always given in full.
-_SHOWN = 5
 
 
 class WeightsError(ValueError):
@@ -65,27 +64,12 @@ def _is_state_dict(obj: Mapping) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _listed(kind: str, keys: List[str]) -> str:
-    more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-    return f"{len(keys)} {kind}: {', '.join(keys[:_SHOWN])}{more}"
-
-
 def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, what: str) -> None:
     """Raise ``WeightsError`` unless ``state`` has exactly ``model``'s keys and shapes."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                   if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        problems = [_listed(kind, keys) for kind, keys in (
-            ("missing keys", missing), ("unexpected keys", unexpected),
-            ("shape mismatches (file vs model)", wrong_shape),
-        ) if keys]
-        raise WeightsError(
-            f"{path!r} does not fit the {what}: " + "; ".join(problems)
-            + ". Check that the architecture name matches the checkpoint."
-        )
+    problem = mismatch(model.state_dict(), state)
+    if problem:
+        raise WeightsError(f"{path!r} does not fit the {what}: {problem}. Check that the architecture name "
+                           "matches the checkpoint.")
 
 
 def load_weights(model: nn.Module, path: str, what: str) -> None:

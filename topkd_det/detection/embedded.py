@@ -29,6 +29,7 @@ from .checkpoint import FINAL, AtomicCheckpointer
 from .config import load_config
 from .datasets import SYNTHETIC_PREFIX, register_synthetic
 from .engine import DistillTrainer, check_datasets, student_only
+from .validation import check_distill_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "embedded"
@@ -86,6 +87,7 @@ def _quiet_detectron2(log_file: Path) -> None:
 def _run_cfg(config_file: Path, output_dir: Path, data: EmbeddedData, seed: int, eval_split: str,
              opts: Sequence) -> CfgNode:
     cfg = load_config(config_file, opts)
+    check_distill_config(cfg)
     cfg.DATASETS.TRAIN = (data.names["train"],)
     cfg.DATASETS.TEST = (data.names[eval_split],)
     cfg.OUTPUT_DIR = str(output_dir)
@@ -163,6 +165,12 @@ def _last_iteration(output_dir: Path) -> int:
     return 0
 
 
+def iterations_done(output_dir: Path, max_iter: int) -> int:
+    """A running job's progress for the bar: its folder's metrics.json may hold lines of an earlier,
+    longer run, so never more than its own length."""
+    return min(_last_iteration(output_dir), max_iter)
+
+
 def _worker_init(threads: int) -> None:
     os.environ["TQDM_DISABLE"] = "1"  # the parent draws one bar for all runs
     import torch
@@ -194,8 +202,7 @@ def run_jobs(jobs: Sequence[Job], data_root: Path, data_config: SyntheticConfig,
                 results[i] = future.result()
                 if on_result:
                     on_result(jobs[i], results[i])
-            # A run folder's metrics.json may hold lines of an earlier, longer run: cap each at its length.
-            bar.n = sum(lengths[i] if i in results else min(_last_iteration(j.output_dir), lengths[i])
+            bar.n = sum(lengths[i] if i in results else iterations_done(j.output_dir, lengths[i])
                         for i, j in enumerate(jobs))
             bar.refresh()
     return [results[i] for i in range(len(jobs))]

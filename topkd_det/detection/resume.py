@@ -29,7 +29,7 @@ import json
 import logging
 import os
 from itertools import islice
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List
 
 import torch
 from detectron2.config import CfgNode
@@ -43,7 +43,8 @@ from torch.utils.data import Sampler
 from ..files import file_sha256, remove_orphans, torch_file_problem
 from ..resume_rules import Change, ResumeRules, check_resume, flatten
 from ..rng import rng_state, set_rng_state
-from .checkpoint import FINAL, AtomicCheckpointer, newest_readable_checkpoint
+from ..state_dicts import mismatch
+from .checkpoint import FINAL, AtomicCheckpointer, CheckpointError, newest_readable_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,9 @@ def _stored_fingerprint(state: Dict[str, Any], current: Dict[str, Any]):
 
 
 def _peek(path: str) -> Dict[str, Any]:
-    """A checkpoint's small entries, without reading its tensors (memory-mapped)."""
+    """A checkpoint's small entries and its model tensors, without reading them (memory-mapped)."""
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {k: state[k] for k in ("config", "fingerprints", "iteration") if k in state}
+    return {k: state[k] for k in ("config", "fingerprints", "iteration", "model") if k in state}
 
 
 def check_resume_config(cfg: CfgNode, allow_change: bool = False) -> List[Change]:
@@ -218,6 +219,10 @@ class ResumableTrainer:
         stored, current = _stored_fingerprint(state, self.fingerprint)
         changes = check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path,
                                self.allow_config_change)
+        # Detectron2 loads a checkpoint non-strictly (a log line per mismatch); a run's own must fit.
+        problem = mismatch(self.checkpointer.model.state_dict(), state.get("model", {}))
+        if problem:
+            raise CheckpointError(f"{path} does not fit the model of this config: {problem}")
         extra = self.checkpointer.load(path)
         # The checkpoint holds the iteration that just finished.
         self.start_iter = self.iter + 1
