@@ -20,6 +20,7 @@ from detectron2.engine import default_argument_parser, launch  # noqa: E402
 
 from topkd_det.cli import add_debug_flag, run  # noqa: E402
 from topkd_det.detection import engine  # noqa: E402
+from topkd_det.detection.resume import check_resume_config  # noqa: E402
 from topkd_det.resume_rules import ALLOW_FLAG  # noqa: E402
 
 
@@ -55,7 +56,9 @@ def cli(argv=None):
 
     def start():
         if args.num_gpus * args.num_machines > 1:
-            engine.setup_cfg(args.config_file, args.opts)
+            cfg = engine.setup_cfg(args.config_file, args.opts)
+            if args.resume and not args.eval_only:
+                check_resume_config(cfg, args.allow_config_change)
         return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                       dist_url=args.dist_url, args=(args,))
 

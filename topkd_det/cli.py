@@ -28,6 +28,10 @@ def one_line(err: BaseException) -> str:
         text = str(err.args[0])
     if _is_user_error(err):
         return text
+    lines = [line for line in str(err).splitlines() if line.strip()]
+    if any(line.startswith("Traceback (most recent call last)") for line in lines):
+        # Re-raised from a worker process (torch.multiprocessing): its own last line says what happened.
+        return f"{lines[-1].strip()} (in a worker process; --debug shows its traceback)"
     return f"{type(err).__name__}: {text} (unexpected; rerun with --debug for the traceback)"
 
 
