@@ -16,7 +16,7 @@ import torch
 
 from cls_fixtures import cifar_dir, fashion_dir, tiny_cfg
 from conftest import load_tool
-from run_fixtures import StepCounter, copy_run, det_config, det_data, truncated_copy
+from run_fixtures import StepCounter, copy_run, det_config, truncated_copy
 from topkd_det.classification.engine import Trainer
 from topkd_det.classification.models import build_model
 from topkd_det.core import LossOptionError, build_loss
@@ -267,7 +267,7 @@ CASES = API_CASES + CLS_CASES + DET_CASES + OTHER_CASES
 
 
 @pytest.fixture(scope="module")
-def ctx(tmp_path_factory):
+def ctx(tmp_path_factory, det_run_names):
     tmp = tmp_path_factory.mktemp("catalogue")
     c = {}
     data = fashion_dir(tmp / "data")
@@ -297,9 +297,8 @@ def ctx(tmp_path_factory):
     Trainer(prior).train()
     c["cls_prior"] = Path(prior.OUTPUT_DIR)
 
-    names = det_data(tmp / "det_data")
-    c["det_yaml"] = det_config(tmp, names, max_iter=1)
-    c["det_student_yaml"] = det_config(tmp, names, method="none", max_iter=1)
+    c["det_yaml"] = det_config(tmp, det_run_names, max_iter=1)
+    c["det_student_yaml"] = det_config(tmp, det_run_names, method="none", max_iter=1)
     c["truncated_det_weights"] = truncated_copy(tmp / "teacher_R18_c24.pth", tmp / "det_truncated.pth")
     TOOLS["train_net"].cli(["--config-file", str(c["det_yaml"]), "OUTPUT_DIR", str(tmp / "det_prior")])
     c["det_prior"] = tmp / "det_prior"

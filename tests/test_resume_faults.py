@@ -11,7 +11,7 @@ import torch
 
 from cls_fixtures import fashion_dir, tiny_cfg
 from conftest import load_tool
-from run_fixtures import StepCounter, copy_run, det_config, det_data, truncated_copy
+from run_fixtures import StepCounter, copy_run, det_config, truncated_copy
 from topkd_det.classification.config import load_cls_cfg
 from topkd_det.classification.engine import Trainer
 from topkd_det.detection.checkpoint import AtomicCheckpointer, CheckpointError, newest_readable_checkpoint
@@ -124,10 +124,10 @@ def recorded_batches():
 
 
 @pytest.fixture(scope="module")
-def det(tmp_path_factory):
-    """The data, a TopKD config and an uninterrupted 3-iteration run with the batches it trained on."""
+def det(tmp_path_factory, det_run_names):
+    """A TopKD config and an uninterrupted 3-iteration run with the batches it trained on."""
     tmp = tmp_path_factory.mktemp("det_fault")
-    config = det_config(tmp, det_data(tmp / "data"))
+    config = det_config(tmp, det_run_names)
     with recorded_batches() as batches:
         _train(config, tmp / "whole")
     return {"tmp": tmp, "config": config, "whole": tmp / "whole", "batches": batches}

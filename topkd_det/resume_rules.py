@@ -68,12 +68,13 @@ def _listed(changes: List[Change]) -> str:
 
 
 def check_resume(stored: Optional[Mapping[str, Any]], current: Mapping[str, Any], rules: ResumeRules, done: int,
-                 checkpoint: str, allow_change: bool) -> List[Change]:
+                 checkpoint: str, allow_change: bool, defaults: Optional[Mapping[str, Any]] = None) -> List[Change]:
     """Raise ``ResumeRefused`` or return the accepted changes (empty when the configs agree).
 
     ``stored`` and ``current`` are flattened configs (plus any fingerprints, e.g. of teacher weights);
     ``stored`` is None for a checkpoint written before configs were stored. ``done`` is the checkpoint's
-    progress in the schedule's unit.
+    progress in the schedule's unit. A key the stored config lacks (added to the code after the
+    checkpoint was written) counts as its value in ``defaults``, the flattened default config.
     """
     if stored is None:
         if not allow_change:
@@ -81,6 +82,7 @@ def check_resume(stored: Optional[Mapping[str, Any]], current: Mapping[str, Any]
                                 f"that wrote it; pass {ALLOW_FLAG} to resume anyway")
         logger.warning("%s stores no config; resuming unchecked (%s)", checkpoint, ALLOW_FLAG)
         return []
+    stored = {**{k: v for k, v in (defaults or {}).items() if k not in stored}, **stored}
     changes = [c for c in differences(stored, current) if not _harmless(c.key, rules.harmless)]
     length = current.get(rules.schedule_key)
     if isinstance(length, int) and length <= done and stored.get(rules.schedule_key) != length:

@@ -29,7 +29,7 @@ from ..files import file_sha256, remove_orphans, save_atomic, torch_file_problem
 from ..resume_rules import ResumeRules, check_resume, flatten
 from ..rng import rng_state, seed_everything, set_rng_state
 from .checkpoint import WeightsError, check_fits, load_file
-from .config import is_distillation
+from .config import get_cls_cfg, is_distillation
 from .data import TensorImages, build_splits, collate_batch, describe
 from .distiller import Distiller, build_distill_loss, build_student, build_teacher
 
@@ -282,7 +282,8 @@ class Trainer:
             stored = {**flatten(state["config"]), **state.get("fingerprints", {})}
             if TEACHER_DIGEST not in stored:  # written before the digest was stored: compare the rest
                 current = {k: v for k, v in current.items() if k != TEACHER_DIGEST}
-        changes = check_resume(stored, current, RESUME_RULES, state["epoch"], path, allow_config_change)
+        changes = check_resume(stored, current, RESUME_RULES, state["epoch"], path, allow_config_change,
+                               flatten(get_cls_cfg().dump()))
         check_fits(self.student, state["model"], path, f"student {self.cfg.MODEL.STUDENT!r} of this config")
         self.student.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -32,7 +32,7 @@ from itertools import islice
 from typing import Any, Callable, Dict, Iterator, List
 
 import torch
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import DefaultTrainer
@@ -71,6 +71,14 @@ def run_fingerprint(cfg: CfgNode) -> Dict[str, Any]:
     return out
 
 
+def _defaults() -> Dict[str, Any]:
+    from .config import add_topkd_config
+
+    cfg = get_cfg()
+    add_topkd_config(cfg)
+    return flatten(cfg.dump())
+
+
 def _stored_fingerprint(state: Dict[str, Any], current: Dict[str, Any]):
     """(stored, current) as ``check_resume`` compares them; stored is None without a stored config."""
     if "config" not in state:
@@ -96,7 +104,8 @@ def check_resume_config(cfg: CfgNode, allow_change: bool = False) -> List[Change
     state = _peek(path)
     effective = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
     stored, current = _stored_fingerprint(state, run_fingerprint(effective))
-    return check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path, allow_change)
+    return check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path, allow_change,
+                        _defaults())
 
 
 # --- data order --------------------------------------------------------------------------------------
@@ -218,7 +227,7 @@ class ResumableTrainer:
         state = _peek(path)
         stored, current = _stored_fingerprint(state, self.fingerprint)
         changes = check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path,
-                               self.allow_config_change)
+                               self.allow_config_change, _defaults())
         # Detectron2 loads a checkpoint non-strictly (a log line per mismatch); a run's own must fit.
         problem = mismatch(self.checkpointer.model.state_dict(), state.get("model", {}))
         if problem:
