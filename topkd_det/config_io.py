@@ -35,14 +35,17 @@ def _yacs_message(err: Exception) -> str:
     return _type_mismatch(*match.groups()) if match else text
 
 
-def merge_config(cfg: CN, config_file: Optional[str], opts: Iterable = ()) -> CN:
+def merge_config(cfg: CN, config_file: Optional[str], opts: Iterable = (), *, file_key: str = "--config-file",
+                 opts_key: str = "config override") -> CN:
     """Merge ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` opts, into ``cfg``.
 
     yacs reports an unknown key or a wrong type as a bare KeyError/AssertionError/ValueError; the
-    ConfigError raised here names the file or the overrides it came from.
+    ConfigError raised here names the file or the overrides it came from. ``file_key`` and
+    ``opts_key`` say where the file and the overrides were given (a flag or a config key).
     """
     if config_file and not os.path.isfile(config_file):
-        raise ConfigError(f"no such config file {str(config_file)!r} (relative paths are from {os.getcwd()!r})")
+        raise ConfigError(f"{file_key}: no such config file {str(config_file)!r} (relative paths are from "
+                          f"{os.getcwd()!r})")
     try:
         if config_file:
             cfg.merge_from_file(str(config_file))
@@ -53,13 +56,16 @@ def merge_config(cfg: CN, config_file: Optional[str], opts: Iterable = ()) -> CN
     except OSError as err:  # a _BASE_ file that is missing or unreadable
         raise ConfigError(f"{config_file}: {err.strerror or err}: {err.filename!r} (check its _BASE_ chain)") from None
     opts = list(opts)
+    if len(opts) % 2:
+        raise ConfigError(f"{opts_key} {' '.join(map(str, opts))!r}: an odd number of items ({len(opts)}); "
+                          "give KEY VALUE pairs")
     try:
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as err:
         message = _yacs_message(err)
-        if message.startswith(("Non-existent key", "Override list has odd length")):
+        if message.startswith("Non-existent key"):
             message += " (give KEY VALUE pairs of existing keys)"
-        raise ConfigError(f"config override: {message}") from None
+        raise ConfigError(f"{opts_key}: {message}") from None
     return cfg
 
 
