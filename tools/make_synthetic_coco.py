@@ -28,7 +28,7 @@ def main(argv=None) -> int:
         config = SyntheticConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val,
                                  num_test=args.num_test, image_size=args.image_size)
         generate(args.root, config, overwrite=args.overwrite, progress=not args.quiet)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # bad parameters, a foreign or unwritable --root
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
