@@ -250,7 +250,7 @@ OTHER_CASES = [
     Case("demo_temperature_zero", demo("MODEL.DISTILL.TOPKD.TEMPERATURE", "0.0"), 2,
          fixed("MODEL.DISTILL.TOPKD.TEMPERATURE must be > 0"), ("data",)),
     Case("demo_missing_config_dir", demo("--config-dir", "no_such_dir"), 2,
-         fixed("no such config file", "no_such_dir/teacher.yaml")),
+         fixed("--config-dir: no such folder 'no_such_dir'")),
     Case("demo_jobs_zero", demo("--jobs", "0"), 2, fixed("--jobs must be >= 1")),
     Case("convert_missing_input", convert("resnet", "absent.pth"), 2, lambda ctx, out: [f"'{out / 'absent.pth'}'"]),
     Case("convert_truncated_input", convert("resnet", "@truncated_tv"), 2,

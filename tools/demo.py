@@ -66,6 +66,8 @@ def parse_args(argv=None):
 
 def check_configs(args) -> None:
     """Every run's config with the overrides, checked before any data is generated or model trained."""
+    if not args.config_dir.is_dir():
+        raise FileNotFoundError(f"--config-dir: no such folder {str(args.config_dir)!r}")
     opts = embedded.size_opts(args.image_size) + list(args.opts)
     for config in ["teacher.yaml"] + [ROWS[row][1] for row in args.rows]:
         check_distill_config(load_config(args.config_dir / config, opts))
