@@ -63,9 +63,8 @@ def merge_config(cfg: CN, config_file: Optional[str], opts: Iterable = (), *, fi
         cfg.merge_from_list(opts)
     except (KeyError, AssertionError, ValueError) as err:
         message = _yacs_message(err)
-        if message.startswith("Non-existent key"):
-            message += " (give KEY VALUE pairs of existing keys)"
-        raise ConfigError(f"{opts_key}: {message}") from None
+        hint = " (give KEY VALUE pairs of existing keys)" if message.startswith("Non-existent key") else ""
+        raise ConfigError(f"{opts_key} {' '.join(map(str, opts))!r}: {message}{hint}") from None
     return cfg
 
 
