@@ -25,3 +25,11 @@ def load_tool(name: str):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def det_run_names(tmp_path_factory):
+    """The 12-image synthetic detection dataset of tests/run_fixtures.py, registered once per session."""
+    from run_fixtures import det_data
+
+    return det_data(tmp_path_factory.mktemp("det_run_data") / "shapes")

@@ -1,4 +1,4 @@
-"""Independent, loop-based reference for the numerical contract in TOPKD_SPEC.md (§1-§5, §8).
+"""Independent, loop-based reference for the numerical contract in docs/topkd_spec.md (§1-§5, §8).
 
 Written from the spec and from the baselines' authors' code, without reading ``topkd_det.core``.
 Everything here is deliberately naive: plain Python floats (IEEE double), explicit loops over rows
@@ -7,7 +7,7 @@ are converted to lists of Python floats (float64) first. Functions return Python
 lists of floats (per-row values / scaled logits) or lists of lists of bools (masks).
 
 Sources each function was checked against:
-- ``partition``/``tsm``/``masked_cosine``/``tdl``/``contrastive``: TOPKD_SPEC.md §1-§5 and paper
+- ``partition``/``tsm``/``masked_cosine``/``tdl``/``contrastive``: the spec's §1-§5 and paper
   Eq. 1, 2, 4 (arXiv 2508.04539). The spec *(choice)* items are implemented literally.
 - ``kd``: megvii-research/mdistiller ``mdistiller/distillers/KD.py`` (kl_div(...).sum(1).mean() * T²).
 - ``dkd``: megvii-research/mdistiller ``mdistiller/distillers/DKD.py`` (read from source).

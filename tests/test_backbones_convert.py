@@ -240,14 +240,14 @@ def test_real_imagenet_mobilenetv2_weights_convert_and_load(tmp_path, capsys):
 
 def test_cli_rejects_missing_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        tool.main(["--arch", "resnet", str(tmp_path / "absent.pth"), str(tmp_path / "out.pkl")])
-    assert "input file not found" in capsys.readouterr().err
+        tool.cli(["--arch", "resnet", str(tmp_path / "absent.pth"), str(tmp_path / "out.pkl")])
+    assert "absent.pth' does not exist" in capsys.readouterr().err
     assert not (tmp_path / "out.pkl").exists()
 
 
 def test_cli_rejects_unknown_arch(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        tool.main(["--arch", "vgg16", str(tmp_path / "in.pth"), str(tmp_path / "out.pkl")])
+        tool.cli(["--arch", "vgg16", str(tmp_path / "in.pth"), str(tmp_path / "out.pkl")])
     assert "invalid choice: 'vgg16'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="Unknown arch 'vgg16'"):
         convert_torchvision({}, "vgg16")
@@ -257,7 +257,7 @@ def test_cli_lists_unrecognised_keys(tmp_path, capsys):
     path = tmp_path / "r18.pth"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
     with pytest.raises(SystemExit):
-        tool.main(["--arch", "mobilenetv2", str(path), str(tmp_path / "out.pkl")])
+        tool.cli(["--arch", "mobilenetv2", str(path), str(tmp_path / "out.pkl")])
     err = capsys.readouterr().err
     assert "keys are not torchvision mobilenetv2 weights" in err
     assert "conv1.weight" in err and "layer4.1.bn2.running_var" in err

@@ -59,11 +59,11 @@ def _fmnist_opts(*extra):
     (_fmnist_opts("MODEL.STUDENT", "resnet9000"), ["MODEL.STUDENT='resnet9000'", "valid names", "resnet8x4"]),
     (_fmnist_opts("DISTILL.METHOD", "kd", "MODEL.TEACHER", "nope", "MODEL.TEACHER_WEIGHTS", "x.pth"),
      ["MODEL.TEACHER='nope'"]),
-    (_fmnist_opts("DISTILL.METHOD", "fancykd"), ["DISTILL", "unknown distillation method 'fancykd'", "topkd"]),
+    (_fmnist_opts("DISTILL.METHOD", "fancykd"), ["DISTILL.METHOD must be one of", "'fancykd'", "topkd"]),
     (_fmnist_opts("DISTILL.METHOD", "topkd", "MODEL.TEACHER", "fmnist_teacher", "MODEL.TEACHER_WEIGHTS", "t.pth",
                   "DISTILL.TOPKD.K", "10"), ["K=10", "C=10", "1 <= K <= 4"]),
     (_fmnist_opts("DISTILL.METHOD", "gdkd", "MODEL.TEACHER", "fmnist_teacher", "MODEL.TEACHER_WEIGHTS", "t.pth",
-                  "DISTILL.GDKD.K", "10"), ["DISTILL.GDKD.K=10", "1 <= K < 10"]),
+                  "DISTILL.GDKD.K", "10"), ["DISTILL.GDKD.K=10", "1 <= k < C=10"]),
     (_fmnist_opts("DISTILL.METHOD", "kd"), ["needs a teacher", "MODEL.TEACHER"]),
     (_fmnist_opts("DISTILL.METHOD", "kd", "MODEL.TEACHER", "fmnist_teacher"), ["MODEL.TEACHER_WEIGHTS"]),
     (_fmnist_opts("DISTILL.METHOD", "kd", "MODEL.TEACHER", "fmnist_teacher", "MODEL.TEACHER_WEIGHTS", "no/such.pth"),
@@ -80,11 +80,11 @@ def test_bad_config_fails_early_with_the_key(opts, fragments):
 
 
 def test_missing_config_file_and_unknown_key():
-    with pytest.raises(ConfigError, match="no such file 'nope.yaml'"):
+    with pytest.raises(ConfigError, match="no such config file 'nope.yaml'"):
         load_cls_cfg("nope.yaml")
     with pytest.raises(ConfigError, match="Non-existent key: SOLVER.NOPE"):
         load_cls_cfg(None, ["SOLVER.NOPE", "1"])
-    with pytest.raises(ConfigError, match="Type mismatch"):
+    with pytest.raises(ConfigError, match="SOLVER.EPOCHS takes an integer .*got a string 'many'"):
         load_cls_cfg(None, ["SOLVER.EPOCHS", "'many'"])
 
 

@@ -83,7 +83,7 @@ def test_unsafe_or_empty_files_are_refused(tmp_path):
     torch.save({"epoch": 3}, empty)
     with pytest.raises(WeightsError, match=r"neither a state dict nor one under \['model', 'state_dict', 'net'\]"):
         load_weights(build_model("fmnist_student", 10), str(empty), "student")
-    with pytest.raises(WeightsError, match="no such weights file"):
+    with pytest.raises(WeightsError, match="student: no such file"):
         load_weights(build_model("fmnist_student", 10), str(tmp_path / "none.pth"), "student")
 
 

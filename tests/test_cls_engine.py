@@ -7,7 +7,7 @@ import torch
 
 from cls_fixtures import fashion_dir, tiny_cfg
 from conftest import load_tool
-from topkd_det.classification import engine
+from topkd_det import rng
 from topkd_det.classification.checkpoint import load_file
 from topkd_det.classification.engine import Trainer
 
@@ -153,7 +153,7 @@ def test_multiseed_writes_mean_and_std(tmp_path, data):
 
 
 def test_gathered_rng_round_trips():
-    state = engine.rng_state()
+    state = rng.rng_state()
     first = torch.rand(3)
-    engine.set_rng_state(state)
+    rng.set_rng_state(state)
     assert torch.equal(torch.rand(3), first)

@@ -1,7 +1,7 @@
 """Independent check of ``topkd_det.core`` against the loop-based reference in core_reference.py.
 
-The reference was written from /work/shared/TOPKD_SPEC.md and the baselines' authors' code, without
-reading topkd_det/core. Only the public API of spec §9 is imported from the package.
+The reference was written from the project's TopKD spec (docs/topkd_spec.md keeps its section
+numbers) and the baselines' authors' code, without reading topkd_det/core. Only the public API of spec §9 is imported from the package.
 
 Layout:
 - ``test_ref_*``: the reference alone against hand-computed literals (these run even when

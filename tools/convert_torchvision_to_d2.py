@@ -17,32 +17,61 @@ Use the .pkl as MODEL.WEIGHTS together with torchvision's input convention:
 import argparse
 import os
 import pickle
+import sys
+from collections.abc import Mapping
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from topkd_det.detection.convert import ARCHS, convert_torchvision
+import torch  # noqa: E402
+
+from topkd_det.cli import add_debug_flag, run  # noqa: E402
+from topkd_det.detection.convert import ARCHS, convert_torchvision  # noqa: E402
+from topkd_det.files import LOAD_ERRORS, unreadable_reason, write_bytes_atomic  # noqa: E402
 
 
-def main(argv=None):
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
     parser.add_argument("input", help="torchvision state dict (.pth)")
     parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")
-    args = parser.parse_args(argv)
+    return add_debug_flag(parser).parse_args(argv)
 
-    if not os.path.isfile(args.input):
-        parser.error(f"input file not found: {args.input}")
-    state_dict = torch.load(args.input, map_location="cpu", weights_only=True)
+
+def read_state_dict(path: str):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"input file {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as err:
+        raise ValueError(f"input file {path!r} {unreadable_reason(path, err)}: download it again "
+                         "(torchvision's weight files are listed in its model documentation)") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"input file {path!r} holds a {type(state).__name__}, not a torchvision state dict "
+                         "(name -> tensor)")
+    return state
+
+
+def main(argv=None, args=None):
+    args = args or parse_args(argv)
+    state_dict = read_state_dict(args.input)
     try:
         checkpoint = convert_torchvision(state_dict, args.arch)
     except ValueError as e:
-        parser.error(f"{args.input}: {e}")
-    with open(args.output, "wb") as f:
-        pickle.dump(checkpoint, f)
+        raise ValueError(f"input file {args.input!r}: {e}") from None
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"output folder {folder!r} does not exist; create it first")
+    write_bytes_atomic(args.output, pickle.dumps(checkpoint))
     print(f"Wrote {len(checkpoint['model'])} tensors to {args.output}")
 
 
+def cli(argv=None):
+    """``main`` with errors as one line and a non-zero exit (``--debug``: the traceback)."""
+    args = parse_args(argv)
+    return run(lambda: main(argv, args), debug=args.debug)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -9,6 +9,9 @@ Stages: generate the synthetic shapes data (COCO format) -> train the teacher (c
 same student alone and with KD, DKD and TopKD on one budget and seed -> COCO evaluation of each on
 the test split -> results.md, results.csv and results.png in --output. Finished runs are reused when
 their config is unchanged, so an interrupted demo continues where it stopped.
+
+The data go to datasets/synthetic_shapes (or $TOPKD_DATASETS/synthetic_shapes), where the configs in
+configs/embedded find them, so tools/train_net.py can train those configs after a demo.
 """
 import argparse
 import sys
@@ -19,8 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from topkd_det.data.synthetic_coco import SyntheticConfig  # noqa: E402
+from topkd_det.cli import add_debug_flag, run  # noqa: E402
+from topkd_det.data.synthetic_coco import SyntheticConfig, default_root  # noqa: E402
 from topkd_det.detection import embedded  # noqa: E402
+from topkd_det.detection.config import load_config  # noqa: E402
+from topkd_det.detection.validation import check_distill_config  # noqa: E402
 from topkd_det.reporting import bar_chart, fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 ROWS = {
@@ -39,7 +45,8 @@ def stage(i: int, n: int, text: str) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", type=Path, default=Path("output/demo"))
-    p.add_argument("--data-root", type=Path, default=Path("datasets/embedded_shapes"))
+    p.add_argument("--data-root", type=Path, default=default_root(),
+                   help="where the synthetic data are generated (default: where configs/embedded look)")
     p.add_argument("--config-dir", type=Path, default=embedded.CONFIG_DIR)
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -47,13 +54,28 @@ def parse_args(argv=None):
     p.add_argument("--num-eval", type=int, default=SyntheticConfig.num_test, help="images in val and in test")
     p.add_argument("--image-size", type=int, default=SyntheticConfig.image_size)
     p.add_argument("--jobs", type=int, default=2, help="student runs in parallel, one thread each")
+    add_debug_flag(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE config overrides for every run (teacher and students)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name in ("num_train", "num_eval", "jobs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    return args
 
 
-def main(argv=None) -> str:
-    args = parse_args(argv)
+def check_configs(args) -> None:
+    """Every run's config with the overrides, checked before any data is generated or model trained."""
+    if not args.config_dir.is_dir():
+        raise FileNotFoundError(f"--config-dir: no such folder {str(args.config_dir)!r}")
+    opts = embedded.size_opts(args.image_size) + list(args.opts)
+    for config in ["teacher.yaml"] + [ROWS[row][1] for row in args.rows]:
+        check_distill_config(load_config(args.config_dir / config, opts))
+
+
+def main(argv=None, args=None) -> str:
+    args = args or parse_args(argv)
+    check_configs(args)
     n = 5
     start = time.perf_counter()
     stage(1, n, f"synthetic shapes data -> {args.data_root}")
@@ -106,5 +128,11 @@ def write_results(out: Path, results, teacher_test, teacher_seconds, args, secon
     return text
 
 
+def cli(argv=None) -> str:
+    """``main`` with errors as one line and a non-zero exit (``--debug``: the traceback)."""
+    args = parse_args(argv)
+    return run(lambda: main(argv, args), debug=args.debug)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

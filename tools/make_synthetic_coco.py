@@ -23,12 +23,15 @@ def main(argv=None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing --root generated with other parameters")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     try:
         config = SyntheticConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val,
                                  num_test=args.num_test, image_size=args.image_size)
         generate(args.root, config, overwrite=args.overwrite, progress=not args.quiet)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, OSError) as e:  # bad parameters, a foreign or unwritable --root
+        if args.debug:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

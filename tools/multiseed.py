@@ -19,6 +19,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.engine import Trainer, distributed_session  # noqa: E402
+from topkd_det.cli import add_debug_flag, run  # noqa: E402
+from topkd_det.resume_rules import ALLOW_FLAG  # noqa: E402
 
 # (column label, results record, metric): what the summary reports for each seed.
 SUMMARY_COLUMNS = (
@@ -58,14 +60,15 @@ def write_tables(rows: List[Dict[str, str]], out_dir: str, stem: str) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-def run_seeds(config_file: str, seeds: Sequence[int], opts: Sequence[str], resume: bool) -> List[Dict]:
+def run_seeds(config_file: str, seeds: Sequence[int], opts: Sequence[str], resume: bool,
+              allow_config_change: bool = False) -> List[Dict]:
     base = load_cls_cfg(config_file, opts)
+    configs = [load_cls_cfg(config_file, [*opts, "SEED", str(seed), "OUTPUT_DIR",
+                                          os.path.join(base.OUTPUT_DIR, f"seed{seed}")]) for seed in seeds]
     results = []
     with distributed_session() as env:
-        for seed in seeds:
-            cfg = load_cls_cfg(config_file, [*opts, "SEED", str(seed), "OUTPUT_DIR",
-                                             os.path.join(base.OUTPUT_DIR, f"seed{seed}")])
-            results.append(Trainer(cfg, env).train(resume=resume))
+        for cfg in configs:
+            results.append(Trainer(cfg, env).train(resume=resume, allow_config_change=allow_config_change))
         if env.main:
             name = os.path.relpath(config_file)
             write_tables([summarize(results, name)], base.OUTPUT_DIR, "multiseed")
@@ -73,11 +76,14 @@ def run_seeds(config_file: str, seeds: Sequence[int], opts: Sequence[str], resum
     return results
 
 
-def main(argv=None) -> List[Dict]:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--seeds", nargs="+", required=True, metavar="SEED")
     parser.add_argument("--resume", action="store_true", help="continue each seed from its last checkpoint")
+    parser.add_argument(ALLOW_FLAG, action="store_true",
+                        help="with --resume: accept config changes that alter the result, and record them")
+    add_debug_flag(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE pairs")
     args = parser.parse_args(argv)
     # argparse hands trailing opts to --seeds when they follow it: the seeds are the leading integers.
@@ -85,10 +91,21 @@ def main(argv=None) -> List[Dict]:
     if count == 0:
         parser.error(f"--seeds needs at least one integer, got {args.seeds[0]!r}")
     args.seeds, args.opts = [int(s) for s in args.seeds[:count]], args.seeds[count:] + args.opts
+    return args
+
+
+def main(argv=None, args=None) -> List[Dict]:
+    args = args or parse_args(argv)
     logging.basicConfig(level=logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING,
                         format="[%(asctime)s] %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return run_seeds(args.config_file, args.seeds, args.opts, args.resume)
+    return run_seeds(args.config_file, args.seeds, args.opts, args.resume, args.allow_config_change)
+
+
+def cli(argv=None) -> List[Dict]:
+    """``main`` with errors as one line and a non-zero exit (``--debug``: the traceback)."""
+    args = parse_args(argv)
+    return run(lambda: main(argv, args), debug=args.debug)
 
 
 if __name__ == "__main__":
-    main()
+    cli()

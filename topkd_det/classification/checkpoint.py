@@ -1,45 +1,44 @@
-"""Weight files in and out: atomic checkpoint writes, and state-dict loading that accepts the common
-checkpoint wrappers and explains a mismatch instead of printing torch's raw key dump."""
+"""Weight files in: state-dict loading that accepts the common checkpoint wrappers and explains a
+damaged file or a mismatch instead of printing torch's raw error or key dump."""
 import os
 from collections import Counter
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, Mapping
 
 import torch
 from torch import nn
 
+from ..files import LOAD_ERRORS, is_weights_only_refusal, unreadable_reason
+from ..state_dicts import mismatch
+
 # Keys under which training scripts nest the model's state dict: mdistiller/CRD ("model"),
 # pytorch-lightning and many others ("state_dict"), older repos ("net").
 _WRAPPER_KEYS = ("model", "state_dict", "net")
-# Shown per kind of mismatch; the counts are always given in full.
-_SHOWN = 5
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ValueError):
     """A weights file that cannot be read, or does not fit the model."""
 
 
-def save_atomic(obj: Any, path: str) -> None:
-    """Write to a temporary file in the same directory, then ``os.replace``: a kill mid-write leaves
-    the previous file intact, never a truncated one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+# What to do about a file that cannot be read, by what it is.
+REDOWNLOAD = "download or copy it again, or train it again"
 
 
-def load_file(path: str) -> Any:
+def load_file(path: str, what: str = "weights file", fix: str = REDOWNLOAD) -> Any:
     """``torch.load`` restricted to tensors and plain containers (``weights_only``); MultiStepLR keeps
-    its milestones in a ``Counter``, so that one class is allowed too."""
+    its milestones in a ``Counter``, so that one class is allowed too. ``what`` names the file's role
+    (a config key) and ``fix`` what to do, in the error of a file that cannot be read."""
     if not os.path.isfile(path):
-        raise WeightsError(f"no such weights file {path!r}")
+        raise WeightsError(f"{what}: no such file {path!r}")
     try:
         with torch.serialization.safe_globals([Counter]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a bad file
-        raise WeightsError(
-            f"{path!r} could not be loaded as a torch weights file ({type(err).__name__}: {err}). Files that "
-            "pickle arbitrary Python objects are refused; re-save just the state dict: "
-            "torch.save(model.state_dict(), path)"
-        ) from None
+    except LOAD_ERRORS as err:
+        if is_weights_only_refusal(err):
+            raise WeightsError(
+                f"{what} {path!r} pickles Python objects beyond tensors and plain containers, which are refused "
+                "for safety; re-save just the state dict: torch.save(model.state_dict(), path)"
+            ) from None
+        raise WeightsError(f"{what} {path!r} {unreadable_reason(path, err)}: {fix}") from None
 
 
 def extract_state_dict(obj: Any, path: str = "<object>") -> Dict[str, torch.Tensor]:
@@ -65,27 +64,17 @@ def _is_state_dict(obj: Mapping) -> bool:
     return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _listed(kind: str, keys: List[str]) -> str:
-    more = f", ... ({len(keys) - _SHOWN} more)" if len(keys) > _SHOWN else ""
-    return f"{len(keys)} {kind}: {', '.join(keys[:_SHOWN])}{more}"
+def check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, what: str) -> None:
+    """Raise ``WeightsError`` unless ``state`` has exactly ``model``'s keys and shapes."""
+    problem = mismatch(model.state_dict(), state)
+    if problem:
+        raise WeightsError(f"{path!r} does not fit the {what}: {problem}. Check that the architecture name "
+                           "matches the checkpoint.")
 
 
 def load_weights(model: nn.Module, path: str, what: str) -> None:
     """Load ``path`` into ``model`` exactly (every key, every shape); ``what`` names the model in errors
     (e.g. ``"teacher 'resnet32x4' (MODEL.TEACHER_WEIGHTS)"``)."""
-    state = extract_state_dict(load_file(path), path)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                   if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        problems = [_listed(kind, keys) for kind, keys in (
-            ("missing keys", missing), ("unexpected keys", unexpected),
-            ("shape mismatches (file vs model)", wrong_shape),
-        ) if keys]
-        raise WeightsError(
-            f"{path!r} does not fit the {what}: " + "; ".join(problems)
-            + ". Check that the architecture name matches the checkpoint."
-        )
+    state = extract_state_dict(load_file(path, what), path)
+    check_fits(model, state, path, what)
     model.load_state_dict(state)

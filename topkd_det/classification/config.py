@@ -9,8 +9,8 @@ from typing import Iterable, Optional
 
 from fvcore.common.config import CfgNode as CN
 
-from ..config_io import ConfigError, merge_config
-from ..core import build_loss
+from ..config_io import ConfigError, merge_config, output_dir_for
+from ..core import LossOptionError, build_loss
 from ..distill_config import distill_cfg_node
 from .models import FIXED_INPUT_SIZE, MODEL_REGISTRY, list_models
 from .optim import OPTIMIZERS, SCHEDULERS
@@ -89,7 +89,8 @@ def get_cls_cfg() -> CN:
     cfg.AMP.DTYPE = "bf16"
 
     cfg.SEED = 0
-    cfg.OUTPUT_DIR = "output/cls"
+    # Empty: output/<config path below configs/> (see config_io.output_dir_for), one folder per config.
+    cfg.OUTPUT_DIR = ""
     cfg.LOG = CN()
     cfg.LOG.TENSORBOARD = True
     cfg.LOG.PERIOD = 50  # iterations between train-metric lines in metrics.jsonl / TensorBoard
@@ -111,22 +112,57 @@ def _check_model_name(key: str, name: str) -> None:
         raise ConfigError(f"{key}={name!r} is not a known model; valid names: {', '.join(list_models())}")
 
 
+# (key, lowest allowed value, whether the lowest is excluded): the numeric settings outside DISTILL.
+_NUMERIC_RANGES = (
+    ("MODEL.NUM_CLASSES", 0, False),
+    ("DATASET.NUM_WORKERS", 0, False),
+    ("DATASET.VAL_SIZE", 0, False),
+    ("DATASET.TRAIN_SUBSET", 0, False),
+    ("SOLVER.BATCH_SIZE", 1, False),
+    ("SOLVER.EPOCHS", 1, False),
+    ("SOLVER.LR", 0, True),
+    ("SOLVER.LR_DECAY_RATE", 0, True),
+    ("SOLVER.WEIGHT_DECAY", 0, False),
+    ("SOLVER.MOMENTUM", 0, False),
+    ("TEST.BATCH_SIZE", 1, False),
+    ("LOG.PERIOD", 1, False),
+    ("CHECKPOINT_PERIOD", 1, False),
+)
+
+
+def _value(cfg: CN, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_ranges(cfg: CN) -> None:
+    for key, lowest, strict in _NUMERIC_RANGES:
+        value = _value(cfg, key)
+        if value < lowest or (strict and value == lowest):
+            raise ConfigError(f"{key} must be {'>' if strict else '>='} {lowest}, got {value}")
+    stages = list(cfg.SOLVER.LR_DECAY_STAGES)
+    if any(not isinstance(e, int) or isinstance(e, bool) or e < 1 for e in stages):
+        raise ConfigError(f"SOLVER.LR_DECAY_STAGES must be epoch numbers >= 1, got {stages}")
+    if stages != sorted(stages):
+        raise ConfigError(f"SOLVER.LR_DECAY_STAGES must be increasing, got {stages}")
+
+
 def validate_cls_cfg(cfg: CN, check_files: bool = True) -> None:
     """Raise ``ConfigError`` naming the key for every bad value; ``check_files`` also checks that the
     teacher/student weight files exist (off for tests that only check the YAMLs)."""
     if cfg.DATASET.NAME not in DATASETS:
         raise ConfigError(f"DATASET.NAME={cfg.DATASET.NAME!r} is unknown; valid: {', '.join(DATASETS)}")
     _check_model_name("MODEL.STUDENT", cfg.MODEL.STUDENT)
-    classes = num_classes(cfg)
+    _check_ranges(cfg)
     try:
-        build_loss(cfg.DISTILL, num_classes=classes)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"DISTILL: {err}") from None
-    # build_loss checks TopKD's K against the classes; GDKD's top-k is only checked on the first batch.
-    if cfg.DISTILL.METHOD == "gdkd" and not 1 <= cfg.DISTILL.GDKD.K < classes:
-        raise ConfigError(f"DISTILL.GDKD.K={cfg.DISTILL.GDKD.K} must satisfy 1 <= K < {classes} (the class count)")
-    if cfg.DISTILL.METHOD == "gdkd3" and not 2 <= cfg.DISTILL.GDKD3.K < classes:
-        raise ConfigError(f"DISTILL.GDKD3.K={cfg.DISTILL.GDKD3.K} must satisfy 2 <= K < {classes} (the class count)")
+        build_loss(cfg.DISTILL, num_classes=num_classes(cfg), config_prefix="DISTILL")
+    except LossOptionError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.DISTILL.TOPKD.SCOPE != "batch":
+        raise ConfigError(f"DISTILL.TOPKD.SCOPE={cfg.DISTILL.TOPKD.SCOPE!r}: classification rows are images, "
+                          "so only 'batch' applies ('image' groups the ROIs of one image in detection)")
     if is_distillation(cfg):
         if not cfg.MODEL.TEACHER:
             raise ConfigError(f"DISTILL.METHOD={cfg.DISTILL.METHOD!r} needs a teacher: set MODEL.TEACHER")
@@ -142,18 +178,10 @@ def validate_cls_cfg(cfg: CN, check_files: bool = True) -> None:
     for key, path in weight_keys:
         if check_files and path and not os.path.isfile(path):
             raise ConfigError(f"{key}: no such file {path!r} (relative paths are from {os.getcwd()!r})")
-    solver = cfg.SOLVER
-    for key in ("BATCH_SIZE", "EPOCHS"):
-        if solver[key] < 1:
-            raise ConfigError(f"SOLVER.{key} must be >= 1, got {solver[key]}")
-    if list(solver.LR_DECAY_STAGES) != sorted(solver.LR_DECAY_STAGES):
-        raise ConfigError(f"SOLVER.LR_DECAY_STAGES must be increasing, got {list(solver.LR_DECAY_STAGES)}")
-    _validate_solver(solver)
+    _validate_solver(cfg.SOLVER)
     _validate_inputs(cfg)
     if cfg.AMP.DTYPE not in AMP_DTYPES:
         raise ConfigError(f"AMP.DTYPE={cfg.AMP.DTYPE!r} is unknown; valid: {', '.join(AMP_DTYPES)}")
-    if cfg.LOG.PERIOD < 1 or cfg.CHECKPOINT_PERIOD < 1:
-        raise ConfigError("LOG.PERIOD and CHECKPOINT_PERIOD must be >= 1")
 
 
 def _validate_solver(solver: CN) -> None:
@@ -161,10 +189,6 @@ def _validate_solver(solver: CN) -> None:
         raise ConfigError(f"SOLVER.OPTIMIZER={solver.OPTIMIZER!r} is unknown; valid: {', '.join(OPTIMIZERS)}")
     if solver.LR_SCHEDULER not in SCHEDULERS:
         raise ConfigError(f"SOLVER.LR_SCHEDULER={solver.LR_SCHEDULER!r} is unknown; valid: {', '.join(SCHEDULERS)}")
-    if not solver.LR > 0:
-        raise ConfigError(f"SOLVER.LR must be > 0, got {solver.LR}")
-    if solver.WEIGHT_DECAY < 0:
-        raise ConfigError(f"SOLVER.WEIGHT_DECAY must be >= 0, got {solver.WEIGHT_DECAY}")
     if len(solver.BETAS) != 2 or not all(0.0 <= b < 1.0 for b in solver.BETAS):
         raise ConfigError(f"SOLVER.BETAS must be two numbers in [0, 1), got {list(solver.BETAS)}")
     if solver.NESTEROV and (solver.OPTIMIZER != "sgd" or solver.MOMENTUM <= 0):
@@ -208,8 +232,13 @@ def input_size(cfg: CN) -> int:
 
 
 def load_cls_cfg(config_file: Optional[str] = None, opts: Iterable[str] = (), check_files: bool = True) -> CN:
-    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` opts; validated, frozen."""
+    """Defaults, then ``config_file`` (with its ``_BASE_`` chain), then ``KEY VALUE`` opts; validated, frozen.
+
+    An empty OUTPUT_DIR becomes ``output/<config path below configs/>`` (``output/cls`` without a file).
+    """
     cfg = merge_config(get_cls_cfg(), config_file, opts)
+    if not cfg.OUTPUT_DIR:
+        cfg.OUTPUT_DIR = output_dir_for(config_file) if config_file else "output/cls"
     validate_cls_cfg(cfg, check_files=check_files)
     cfg.freeze()
     return cfg

@@ -8,11 +8,14 @@ A missing or malformed directory fails at once with the path and the layout that
 import gzip
 import os
 import pickle
+import zlib
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
+
+from ..files import unreadable_reason
 
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
@@ -22,6 +25,8 @@ CIFAR_LAYOUT = "ROOT/cifar-100-python/{train,test,meta} (or ROOT itself holding 
 IMAGENET_LAYOUT = "ROOT/train/<class>/<images> and ROOT/val/<class>/<images> (torchvision ImageFolder)"
 FASHION_LAYOUT = ("ROOT/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (the original idx files, "
                   "e.g. /usr/share/datasets/fashion-mnist from Debian's dataset-fashion-mnist)")
+FASHION_FIX = ("download the file again (Debian: apt-get install --reinstall dataset-fashion-mnist), "
+               "or point DATASET.ROOT at a good copy")
 
 
 class DatasetError(FileNotFoundError):
@@ -103,16 +108,22 @@ def _cifar_dir(root: str) -> str:
     raise DatasetError(f"CIFAR-100 not found under DATASET.ROOT={root!r}; expected {CIFAR_LAYOUT}")
 
 
+CIFAR_FIX = "extract cifar-100-python.tar.gz (the python version) again"
+
+
 def _load_cifar_pickle(path: str, num_classes: int) -> Tuple[torch.Tensor, torch.Tensor]:
     try:
         with open(path, "rb") as f:
             entry = pickle.load(f, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise DatasetError(f"CIFAR-100 file {path!r} {unreadable_reason(path, err)}: {CIFAR_FIX}") from None
+    try:
         data = np.asarray(entry[b"data"], dtype=np.uint8)
         labels = np.asarray(entry[b"fine_labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise DatasetError(
             f"{path!r} is not a CIFAR-100 python pickle (a dict with b'data' N x 3072 uint8 and b'fine_labels'): "
-            f"{type(err).__name__}: {err}"
+            f"{type(err).__name__}: {err}; {CIFAR_FIX}"
         ) from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DatasetError(
@@ -143,16 +154,18 @@ def _read_idx(directory: str, split: str, kind: str) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except OSError as err:
-        raise DatasetError(f"{path!r} could not be read as an idx file: {err}") from None
+    except (OSError, EOFError, zlib.error) as err:  # gzip: EOFError when truncated, BadGzipFile when not gzip
+        problem = "is truncated (the gzip stream ends early)" if isinstance(err, EOFError) else f"could not be read ({err})"
+        raise DatasetError(f"Fashion-MNIST file {path!r} {problem}: {FASHION_FIX}") from None
     header = np.frombuffer(raw[:4], dtype=">i4")
     ndim = 3 if kind == "images" else 1
     if len(header) != 1 or header[0] != _IDX_MAGIC[kind] or len(raw) < 4 * (1 + ndim):
-        raise DatasetError(f"{path!r} is not an idx {kind} file (magic {_IDX_MAGIC[kind]} expected)")
+        raise DatasetError(f"{path!r} is not an idx {kind} file (magic {_IDX_MAGIC[kind]} expected): {FASHION_FIX}")
     shape = tuple(np.frombuffer(raw[4:4 * (1 + ndim)], dtype=">i4"))
     body = np.frombuffer(raw[4 * (1 + ndim):], dtype=np.uint8)
     if body.size != int(np.prod(shape)):
-        raise DatasetError(f"{path!r}: header says shape {shape} but holds {body.size} bytes")
+        raise DatasetError(f"{path!r}: header says shape {shape} but holds {body.size} bytes "
+                           f"(truncated?): {FASHION_FIX}")
     return body.reshape(shape)
 
 

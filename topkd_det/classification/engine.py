@@ -5,7 +5,9 @@ a progress bar.
 Exact resume: each epoch's data order comes from (SEED, epoch) through ``DistributedSampler``, and the
 checkpoint written after every epoch holds every RNG the next epoch draws from (augmentation, dropout,
 loss subsampling). So a run killed at any point and resumed with ``--resume`` continues from the last
-completed epoch and ends with the same weights as an uninterrupted run. ``metrics.jsonl`` is
+completed epoch and ends with the same weights as an uninterrupted run (same process count, same
+device; the README lists the limits). The checkpoint also stores the config: a resume under a config
+that would change the result is refused (``topkd_det.resume_rules``). ``metrics.jsonl`` is
 append-only: lines a killed run wrote after its last checkpoint are written again after resuming
 (take the last line per epoch).
 """
@@ -13,11 +15,10 @@ import contextlib
 import json
 import logging
 import os
-import random
+import re
 import time
 from typing import Any, Dict, List, NamedTuple, Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -25,7 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from .checkpoint import load_file, save_atomic
+from ..files import file_sha256, remove_orphans, save_atomic, torch_file_problem, write_text_atomic
+from ..resume_rules import ResumeRules, check_resume, flatten
+from ..rng import rng_state, seed_everything, set_rng_state
+from .checkpoint import WeightsError, check_fits, load_file
+from .config import get_cls_cfg, is_distillation
 from .data import TensorImages, build_splits, collate_batch, describe
 from .distiller import Distiller, build_distill_loss, build_student, build_teacher
 from .optim import build_optimizer, build_scheduler
@@ -34,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.pth"
 RESULTS_FILE = "results.json"
+_NUMBERED = re.compile(r"ckpt_epoch_(\d+)\.pth$")
+# Where, how often and how big evaluation batches are: changing these does not change the trained model.
+RESUME_RULES = ResumeRules("SOLVER.EPOCHS", ("OUTPUT_DIR", "LOG.", "CHECKPOINT_PERIOD", "TEST.BATCH_SIZE",
+                                             "TEST.EVAL_TEACHER"), "epochs")
+TEACHER_DIGEST = "MODEL.TEACHER_WEIGHTS (sha256)"
 
 
 # --- processes -------------------------------------------------------------------------------------
@@ -64,36 +74,6 @@ def setup_distributed() -> Env:
 def _barrier(env: Env) -> None:
     if env.world > 1:
         dist.barrier()
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # all devices
-
-
-def rng_state() -> Dict[str, Any]:
-    """Every RNG of this process as plain types (numpy's key array as a list), so the checkpoint
-    loads with ``weights_only``."""
-    np_state = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (np_state[0], np_state[1].tolist(), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
 
 
 # --- metrics ---------------------------------------------------------------------------------------
@@ -182,6 +162,10 @@ class Trainer:
                              f"evenly over {self.env.world} processes")
         self.out = cfg.OUTPUT_DIR
         os.makedirs(self.out, exist_ok=True)
+        if self.env.main:
+            for path in remove_orphans(self.out):
+                logger.warning("removed %s, left by a run killed while writing it", path)
+        _barrier(self.env)
         seed_everything(cfg.SEED)  # same initial weights on every rank
         self.splits = build_splits(cfg)
         self.student = build_student(cfg).to(self.env.device)
@@ -210,6 +194,12 @@ class Trainer:
                              for name, ds in (("val", self.splits.val), ("test", self.splits.test)) if ds is not None}
         self.start_epoch = 0
         self.records: Dict[str, Any] = {"last": None, "best": None, "teacher": None}
+        # What the checkpoint stores to recognise its run: the config, and the teacher file's content
+        # (a retrained teacher at the same path is another run).
+        self.fingerprint = flatten(cfg.dump())
+        if is_distillation(cfg):
+            self.fingerprint[TEACHER_DIGEST] = file_sha256(cfg.MODEL.TEACHER_WEIGHTS)
+        self.config_changes: List[Dict[str, Any]] = []
         self.writer = None
         if self.env.main and cfg.LOG.TENSORBOARD:
             from torch.utils.tensorboard import SummaryWriter
@@ -253,29 +243,64 @@ class Trainer:
                 "rng": rng,
                 "world_size": self.env.world,
                 "config": self.cfg.dump(),
+                "fingerprints": {k: v for k, v in self.fingerprint.items() if k == TEACHER_DIGEST},
+                "config_changes": self.config_changes,
             }
             save_atomic(state, os.path.join(self.out, LAST_CHECKPOINT))
             if epochs_done % self.cfg.CHECKPOINT_PERIOD == 0 or epochs_done == self.cfg.SOLVER.EPOCHS:
                 save_atomic(state, os.path.join(self.out, f"ckpt_epoch_{epochs_done}.pth"))
         _barrier(self.env)
 
-    def resume(self) -> bool:
-        """Continue from ``OUTPUT_DIR/last.pth`` if it exists; return whether it did."""
-        path = os.path.join(self.out, LAST_CHECKPOINT)
-        if not os.path.isfile(path):
-            logger.info("no checkpoint at %s: starting from scratch", path)
+    def _resume_checkpoint(self) -> Optional[str]:
+        """``last.pth``, or the newest readable ``ckpt_epoch_<N>.pth`` if it is damaged; None if there is
+        no checkpoint at all."""
+        numbered = sorted((int(m.group(1)), name) for name in os.listdir(self.out) if (m := _NUMBERED.match(name)))
+        candidates = [os.path.join(self.out, n) for n in [LAST_CHECKPOINT] + [n for _, n in reversed(numbered)]]
+        candidates = [p for p in candidates if os.path.isfile(p)]
+        problems = []
+        for path in candidates:
+            problem = torch_file_problem(path)
+            if problem is None:
+                if problems:
+                    logger.warning("%s; resuming from %s instead", "; ".join(problems), path)
+                return path
+            problems.append(f"checkpoint {path} {problem}")
+        if problems:
+            raise WeightsError("; ".join(problems) + ": no readable checkpoint to resume from. Start the run over "
+                               "without --resume (after moving these files away), or use another OUTPUT_DIR")
+        return None
+
+    def resume(self, allow_config_change: bool = False) -> bool:
+        """Continue from ``OUTPUT_DIR/last.pth`` (or the newest readable checkpoint) if there is one and it
+        was written under an equivalent config; return whether it did."""
+        path = self._resume_checkpoint()
+        if path is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.out)
             return False
-        state = load_file(path)
+        state = load_file(path, "checkpoint", fix="start over without --resume, or use another OUTPUT_DIR")
+        stored, current = None, self.fingerprint
+        if "config" in state:
+            stored = {**flatten(state["config"]), **state.get("fingerprints", {})}
+            if TEACHER_DIGEST not in stored:  # written before the digest was stored: compare the rest
+                current = {k: v for k, v in current.items() if k != TEACHER_DIGEST}
+        changes = check_resume(stored, current, RESUME_RULES, state["epoch"], path, allow_config_change,
+                               flatten(get_cls_cfg().dump()))
+        check_fits(self.student, state["model"], path, f"student {self.cfg.MODEL.STUDENT!r} of this config")
         self.student.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.start_epoch, self.records = state["epoch"], state["records"]
+        self.config_changes = list(state.get("config_changes", []))
         if state["world_size"] == self.env.world:
             set_rng_state(state["rng"][self.env.rank])
         else:
             logger.warning("checkpoint was written by %d process(es), resuming with %d: the data order is the "
                            "same, augmentation randomness is not", state["world_size"], self.env.world)
+        if changes:
+            record = {"epoch": self.start_epoch, "changes": {c.key: [c.old, c.new] for c in changes}}
+            self.config_changes.append(record)
+            self._log({"type": "config_change", **record}, self.start_epoch)
         logger.info("resumed from %s after epoch %d", path, self.start_epoch)
         return True
 
@@ -339,14 +364,16 @@ class Trainer:
             self.records["best"] = record
 
     def results(self) -> Dict[str, Any]:
-        return {"seed": self.cfg.SEED, "epochs": self.cfg.SOLVER.EPOCHS, **self.records, "config": self.cfg.dump()}
+        return {"seed": self.cfg.SEED, "epochs": self.cfg.SOLVER.EPOCHS, **self.records, "config": self.cfg.dump(),
+                "config_changes": self.config_changes}
 
-    def train(self, resume: bool = False) -> Dict[str, Any]:
+    def train(self, resume: bool = False, allow_config_change: bool = False) -> Dict[str, Any]:
+        """Train to SOLVER.EPOCHS; ``resume`` continues from the run's checkpoint, and
+        ``allow_config_change`` accepts (and records) config changes that a resume otherwise refuses."""
         cfg, env = self.cfg, self.env
-        resumed = resume and self.resume()
-        if env.main and not resumed:
-            with open(os.path.join(self.out, "config.yaml"), "w") as f:
-                f.write(cfg.dump())
+        resumed = resume and self.resume(allow_config_change)
+        if env.main and (not resumed or self.config_changes):
+            write_text_atomic(os.path.join(self.out, "config.yaml"), cfg.dump())
         if not resumed and self.teacher is not None and cfg.TEST.EVAL_TEACHER:
             self.records["teacher"] = self.evaluate_all(self.teacher)
             self._log({"type": "teacher", "epoch": 0, **self.records["teacher"]}, 0)
@@ -380,7 +407,9 @@ class Trainer:
             path = os.path.join(self.out, LAST_CHECKPOINT)
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"--eval-only needs MODEL.WEIGHTS or a checkpoint at {path!r}")
-            self.student.load_state_dict(load_file(path)["model"])
+            state = load_file(path, "checkpoint", fix="give another file as MODEL.WEIGHTS")["model"]
+            check_fits(self.student, state, path, f"student {self.cfg.MODEL.STUDENT!r} of this config")
+            self.student.load_state_dict(state)
         metrics = self.evaluate_all(self.student)
         self._log({"type": "eval", "weights": self.cfg.MODEL.WEIGHTS or LAST_CHECKPOINT, **metrics}, 0)
         logger.info("eval: %s", _fmt(metrics))
@@ -392,10 +421,7 @@ def _fmt(metrics: Dict[str, Any]) -> str:
 
 
 def save_json(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1))
 
 
 @contextlib.contextmanager

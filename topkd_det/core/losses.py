@@ -3,7 +3,7 @@
 """
 import copy
 import logging
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 import torch.nn as nn
@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from .baselines import _dkd, gdkd3_loss, gdkd_loss, kd_loss, standardize, wttm_loss
 from .contrastive import NEGATIVES, contrastive_loss
+from .knobs import (Boolean, Choice, LossOptionError, Path, count, non_negative, option_namer, positive,
+                    validate)
 from .tdl import tdl_from_partition
 from .topk import partition_index, teacher_topk, tsm_from_topk
 from .validation import check_k, check_labels, check_pair, label_range_error
@@ -60,6 +62,47 @@ LOSS_DEFAULTS: Dict[str, Any] = {
 }
 
 
+# The rule for every knob of LOSS_DEFAULTS (same tree): a new knob or method needs its entry here,
+# which tests/test_core_options.py checks.
+LOSS_SCHEMA: Dict[str, Any] = {
+    "method": Choice(METHODS),
+    "mode": Choice(TOPKD_MODES),
+    "ce_weight": non_negative(),
+    "warmup": non_negative(),
+    "logit_standardize": Boolean(),
+    "nonfinite": Choice(NONFINITE_POLICIES),
+    "kd": {"weight": non_negative(), "temperature": positive()},
+    "dkd": {"weight": non_negative(), "alpha": non_negative(), "beta": non_negative(), "temperature": positive()},
+    "ttm": {"weight": non_negative(), "l": positive()},
+    "wttm": {"weight": non_negative(), "l": positive()},
+    "gdkd": {"weight": non_negative(), "k": count(1), "w0": non_negative(), "w1": non_negative(),
+             "w2": non_negative(), "temperature": positive()},
+    # GKD3's middle group (the teacher's ranks 2..k) must not be empty.
+    "gdkd3": {"weight": non_negative(), "k": count(2), "w0": non_negative(), "w1": non_negative(),
+              "w2": non_negative(), "temperature": positive()},
+    "topkd": {
+        "k": count(1),
+        "rank_gain": non_negative(),
+        "gt_gain": non_negative(),
+        "shift": non_negative(),
+        "alpha": non_negative(),
+        "beta": non_negative(),
+        "con_weight": non_negative(),
+        "tdl_weight": non_negative(),
+        "temperature": positive(),
+        "normalize": Boolean(),
+        "negatives": Choice(NEGATIVES),
+        "scope": Choice(SCOPES),
+        "foreground_only": Boolean(),
+        # One row has no negative to contrast with (its loss is 0), so a bound must keep at least two.
+        "max_rows": count(2, also=(0,)),
+        "gather": Boolean(),
+        "kl_temperature": positive(),
+    },
+    "plugin": {"tsm": Boolean(), "tdl": Boolean()},
+}
+
+
 def _lower_tree(node: Any) -> Any:
     """A yacs/Detectron2 CfgNode (upper-case keys) or a plain mapping, as a lower-case dict tree."""
     if isinstance(node, Mapping):
@@ -67,44 +110,59 @@ def _lower_tree(node: Any) -> Any:
     return node
 
 
-def _merge(base: Dict[str, Any], override: Mapping[str, Any], path: str = "") -> Dict[str, Any]:
+def _merge(base: Dict[str, Any], override: Mapping[str, Any], name: Callable[[Path], str],
+           path: Path = ()) -> Dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in override.items():
-        where = f"{path}{key}"
+        where = path + (key,)
         if key not in base:
-            raise KeyError(f"unknown distillation option '{where}'; valid options here: {sorted(base)}")
+            valid = ", ".join(name(path + (k,)) for k in sorted(base))
+            raise LossOptionError(f"unknown distillation option {name(where)!r}; valid options here: {valid}", where)
         if isinstance(base[key], dict):
             if not isinstance(value, Mapping):
-                raise TypeError(f"distillation option '{where}' is a group; give a mapping, not {value!r}")
-            out[key] = _merge(base[key], value, where + ".")
+                raise LossOptionError(f"distillation option {name(where)!r} is a group; give a mapping, not {value!r}",
+                                      where)
+            out[key] = _merge(base[key], value, name, where)
         else:
             out[key] = value
     return out
 
 
-def resolve_options(cfg_or_name: Any = None, **overrides: Any) -> Dict[str, Any]:
-    """Defaults, then the config node or method name, then keyword overrides (nested dicts allowed)."""
+def resolve_options(cfg_or_name: Any = None, config_prefix: Optional[str] = None, **overrides: Any) -> Dict[str, Any]:
+    """Defaults, then the config node or method name, then keyword overrides (nested dicts allowed).
+
+    Every option is checked against ``LOSS_SCHEMA`` (type and range) and a bad one raises
+    ``LossOptionError`` naming it: as ``topkd.temperature``, or with ``config_prefix="DISTILL"`` as
+    ``DISTILL.TOPKD.TEMPERATURE``.
+    """
+    name = option_namer(config_prefix)
     options = copy.deepcopy(LOSS_DEFAULTS)
     if isinstance(cfg_or_name, str):
         options["method"] = cfg_or_name
     elif cfg_or_name is not None:
-        options = _merge(options, _lower_tree(cfg_or_name))
-    options = _merge(options, _lower_tree(overrides))
-    for key, valid in (("method", METHODS), ("nonfinite", NONFINITE_POLICIES)):
-        if options[key] not in valid:
-            raise ValueError(f"unknown distillation {key} {options[key]!r}; valid: {', '.join(valid)}")
+        options = _merge(options, _lower_tree(cfg_or_name), name)
+    options = _merge(options, _lower_tree(overrides), name)
+    validate(options, LOSS_SCHEMA, name)
     top = options["topkd"]
-    if options["mode"] not in TOPKD_MODES:
-        raise ValueError(f"unknown TopKD mode {options['mode']!r}; valid: {', '.join(TOPKD_MODES)}")
-    if top["negatives"] not in NEGATIVES:
-        raise ValueError(f"unknown topkd.negatives {top['negatives']!r}; valid: {', '.join(NEGATIVES)}")
-    if top["scope"] not in SCOPES:
-        raise ValueError(f"unknown topkd.scope {top['scope']!r}; valid: {', '.join(SCOPES)}")
-    if top["temperature"] <= 0:
-        raise ValueError(f"topkd.temperature must be > 0, got {top['temperature']}")
-    if options["warmup"] < 0:
-        raise ValueError(f"warmup must be >= 0, got {options['warmup']}")
+    if top["gather"] and top["scope"] == "image":
+        raise LossOptionError(f"{name(('topkd', 'gather'))} contrasts across ranks and cannot be combined with "
+                              f"{name(('topkd', 'scope'))}='image'; turn one of them off", ("topkd", "gather"))
     return options
+
+
+def _check_class_count(options: Dict[str, Any], uses_topk: bool, num_classes: int,
+                       name: Callable[[Path], str]) -> None:
+    """The Top-K sizes against C, the logits per row."""
+    if uses_topk:
+        try:
+            check_k(options["topkd"]["k"], num_classes, name(("topkd", "k")))
+        except ValueError as err:
+            raise LossOptionError(str(err), ("topkd", "k")) from None
+    method = options["method"]
+    if method in ("gdkd", "gdkd3") and not options[method]["k"] < num_classes:
+        lowest = 1 if method == "gdkd" else 2
+        raise LossOptionError(f"{name((method, 'k'))}={options[method]['k']} must satisfy {lowest} <= k < "
+                              f"C={num_classes} (the teacher's top-k and the rest must both be non-empty)", (method, "k"))
 
 
 class DistillationLoss(nn.Module):
@@ -119,7 +177,7 @@ class DistillationLoss(nn.Module):
     """
 
     def __init__(self, options: Dict[str, Any], num_classes: Optional[int] = None,
-                 background_index: Optional[int] = None):
+                 background_index: Optional[int] = None, config_prefix: Optional[str] = None):
         super().__init__()
         self.options = options
         self.method = options["method"]
@@ -130,8 +188,13 @@ class DistillationLoss(nn.Module):
             self.uses_topk = options["mode"] != "kl"
         else:
             self.uses_topk = self.method != "none" and any(options["plugin"].values())
-        if self.uses_topk and num_classes is not None:
-            check_k(top["k"], num_classes)
+        name = option_namer(config_prefix)
+        if num_classes is not None:
+            _check_class_count(options, self.uses_topk, num_classes, name)
+        contrasts = self.method == "topkd" and options["mode"] != "kl"
+        if contrasts and top["foreground_only"] and background_index is None:
+            raise LossOptionError(f"{name(('topkd', 'foreground_only'))} needs a background class, which only "
+                                  "detection has; set it to False", ("topkd", "foreground_only"))
 
     # -- helpers -------------------------------------------------------------------------------
     def _ramp(self, progress: float) -> float:
@@ -141,6 +204,9 @@ class DistillationLoss(nn.Module):
     def _check_shapes(self, s, t, y) -> None:
         """Everything that can be checked without reading the tensors' values."""
         check_pair(s, t)
+        if s.shape[0] == 0:
+            raise ValueError("the logits have no rows (an empty batch, N=0): there is nothing to distill; "
+                             "leave empty batches out before calling the loss")
         num_classes = s.shape[1]
         if self.num_classes is not None and num_classes != self.num_classes:
             raise ValueError(f"logits have C={num_classes} classes, the loss was built for {self.num_classes}")
@@ -169,8 +235,6 @@ class DistillationLoss(nn.Module):
             raise ValueError("topkd.scope='image' needs the per-row image ids (groups=...)")
         rows = None
         if top["foreground_only"]:
-            if self.background_index is None:
-                raise ValueError("topkd.foreground_only needs a background class (detection only)")
             rows = (y != self.background_index).nonzero().squeeze(1)
         n = s.shape[0] if rows is None else rows.numel()
         if top["max_rows"] and n > top["max_rows"]:
@@ -254,7 +318,7 @@ class DistillationLoss(nn.Module):
 
 
 def build_loss(cfg_or_name: Any = None, num_classes: Optional[int] = None, background_index: Optional[int] = None,
-               **overrides: Any) -> DistillationLoss:
+               config_prefix: Optional[str] = None, **overrides: Any) -> DistillationLoss:
     """Build a distillation objective from a method name, a config node/mapping, and keyword overrides.
 
     Examples::
@@ -263,6 +327,9 @@ def build_loss(cfg_or_name: Any = None, num_classes: Optional[int] = None, backg
         build_loss(cfg.DISTILL, num_classes=100)          # yacs node with upper-case keys
         build_loss("topkd", mode="contrastive+tdl", topkd={"k": 5})
 
-    ``num_classes`` (optional) lets a bad K fail here rather than on the first batch.
+    ``num_classes`` (optional) lets a bad K fail here rather than on the first batch. A bad option
+    raises ``LossOptionError`` (a ``ValueError``) naming it; ``config_prefix`` (e.g. ``"DISTILL"``)
+    names it by its config key instead of its API path.
     """
-    return DistillationLoss(resolve_options(cfg_or_name, **overrides), num_classes, background_index)
+    options = resolve_options(cfg_or_name, config_prefix, **overrides)
+    return DistillationLoss(options, num_classes, background_index, config_prefix)

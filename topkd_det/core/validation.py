@@ -9,12 +9,12 @@ def at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
-def check_k(k: int, num_classes: int) -> None:
+def check_k(k: int, num_classes: int, name: str = "TopKD K") -> None:
     """Spec §1: 1 <= K and 2K + 2 <= C, so Pos, Neg and Non are all non-empty."""
     max_k = (num_classes - 2) // 2
     if not isinstance(k, int) or isinstance(k, bool) or k < 1 or 2 * k + 2 > num_classes:
         raise ValueError(
-            f"TopKD K={k} is invalid for C={num_classes} classes: K must be an integer with "
+            f"{name}={k!r} is invalid for C={num_classes} classes: K must be an integer with "
             f"1 <= K <= {max_k} (2K + 2 <= C)" + ("" if max_k >= 1 else "; C must be at least 4")
         )
 

@@ -17,17 +17,19 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
-from ..data.synthetic_coco import SyntheticConfig, generate
+from ..data.synthetic_coco import SyntheticConfig, default_root, generate
+from ..files import torch_file_problem, write_text_atomic
+from .checkpoint import FINAL, AtomicCheckpointer
 from .config import load_config
-from .datasets import register_synthetic
+from .datasets import SYNTHETIC_PREFIX, register_synthetic
 from .engine import DistillTrainer, check_datasets, student_only
+from .validation import check_distill_config
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "embedded"
@@ -55,10 +57,15 @@ class EmbeddedData:
 
 
 def prepare_data(root: Path, config: SyntheticConfig, progress: bool = True) -> EmbeddedData:
-    """Generate (or reuse) the dataset under ``root`` and register its splits with Detectron2."""
+    """Generate (or reuse) the dataset under ``root`` and register its splits with Detectron2.
+
+    At the default root the splits get the names configs/embedded uses (``synthetic_shapes_*``), so
+    ``tools/train_net.py --config-file configs/embedded/...`` trains on what the demo generated."""
     generate(root, config, progress=progress)
     meta = (Path(root) / "meta.json").read_bytes()
-    return EmbeddedData(register_synthetic(root, name_prefix=DATASET_PREFIX), hashlib.sha256(meta).hexdigest())
+    at_default = Path(root).resolve() == default_root().resolve()
+    prefix = SYNTHETIC_PREFIX if at_default else DATASET_PREFIX
+    return EmbeddedData(register_synthetic(root, name_prefix=prefix), hashlib.sha256(meta).hexdigest())
 
 
 def size_opts(image_size: int) -> List:
@@ -80,6 +87,7 @@ def _quiet_detectron2(log_file: Path) -> None:
 def _run_cfg(config_file: Path, output_dir: Path, data: EmbeddedData, seed: int, eval_split: str,
              opts: Sequence) -> CfgNode:
     cfg = load_config(config_file, opts)
+    check_distill_config(cfg)
     cfg.DATASETS.TRAIN = (data.names["train"],)
     cfg.DATASETS.TEST = (data.names[eval_split],)
     cfg.OUTPUT_DIR = str(output_dir)
@@ -107,14 +115,18 @@ def train_and_evaluate(name: str, config_file: Path, output_dir: Path, data: Emb
     cfg = _run_cfg(config_file, output_dir, data, seed, eval_split, opts)
     result_file = output_dir / f"result_{eval_split}.json"
     key = _cache_key(cfg, data)
+    final = output_dir / FINAL
     if result_file.is_file():
         cached = json.loads(result_file.read_text())
-        if cached.get("config_sha256") == key:
+        problem = torch_file_problem(str(final))
+        if cached.get("config_sha256") == key and problem is None:
             logger.info("reusing finished run %s", output_dir)
             return RunResult(**cached["result"])
+        if problem is not None:
+            logger.warning("%s %s: training the run again", final, problem)
     config_file = output_dir / "config.yaml"
     resume = config_file.is_file() and config_file.read_text() == cfg.dump()
-    _write_atomic(config_file, cfg.dump())
+    write_text_atomic(str(config_file), cfg.dump())
     seed_all_rng(seed)
     trainer = DistillTrainer(cfg)
     trainer.resume_or_load(resume=resume)
@@ -124,7 +136,7 @@ def train_and_evaluate(name: str, config_file: Path, output_dir: Path, data: Emb
     metrics = _evaluate(cfg, trainer.model)
     result = RunResult(name=name, seed=seed, split=eval_split, train_seconds=seconds, iterations=cfg.SOLVER.MAX_ITER,
                        output_dir=str(output_dir), **metrics)
-    _write_atomic(result_file, json.dumps({"config_sha256": key, "result": asdict(result)}, indent=1))
+    write_text_atomic(str(result_file), json.dumps({"config_sha256": key, "result": asdict(result)}, indent=1))
     return result
 
 
@@ -153,6 +165,12 @@ def _last_iteration(output_dir: Path) -> int:
     return 0
 
 
+def iterations_done(output_dir: Path, max_iter: int) -> int:
+    """A running job's progress for the bar: its folder's metrics.json may hold lines of an earlier,
+    longer run, so never more than its own length."""
+    return min(_last_iteration(output_dir), max_iter)
+
+
 def _worker_init(threads: int) -> None:
     os.environ["TQDM_DISABLE"] = "1"  # the parent draws one bar for all runs
     import torch
@@ -170,11 +188,11 @@ def run_jobs(jobs: Sequence[Job], data_root: Path, data_config: SyntheticConfig,
     """Run the jobs in ``workers`` processes with one thread each, which on a 2-core CPU trains
     about 1.5x more iterations per second than one process on two threads. A single bar shows the
     iterations of all runs; ``on_result(job, result)`` is called as each run finishes."""
-    total = sum(load_config(j.config_file, j.opts).SOLVER.MAX_ITER for j in jobs)
+    lengths = [load_config(j.config_file, j.opts).SOLVER.MAX_ITER for j in jobs]
     results: Dict[int, RunResult] = {}
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(1,)) as pool, \
-            tqdm(total=total, desc=f"{len(jobs)} runs", unit="it", dynamic_ncols=True) as bar:
+            tqdm(total=sum(lengths), desc=f"{len(jobs)} runs", unit="it", dynamic_ncols=True) as bar:
         futures = {pool.submit(_worker_run, job, data_root, data_config): i for i, job in enumerate(jobs)}
         pending = set(futures)
         while pending:
@@ -184,16 +202,10 @@ def run_jobs(jobs: Sequence[Job], data_root: Path, data_config: SyntheticConfig,
                 results[i] = future.result()
                 if on_result:
                     on_result(jobs[i], results[i])
-            bar.n = sum(results[i].iterations if i in results else _last_iteration(j.output_dir)
+            bar.n = sum(lengths[i] if i in results else iterations_done(j.output_dir, lengths[i])
                         for i, j in enumerate(jobs))
             bar.refresh()
     return [results[i] for i in range(len(jobs))]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _cache_key(cfg: CfgNode, data: EmbeddedData) -> str:
@@ -230,7 +242,7 @@ def evaluate_teacher(teacher: TrainedTeacher, data: EmbeddedData, split: str) ->
     cfg = student_only(_run_cfg(teacher.config_file, teacher.weights.parent, data, 0, split, ()))
     weights = teacher.weights
     model = DistillTrainer.build_model(cfg)
-    DetectionCheckpointer(model).load(str(weights))
+    AtomicCheckpointer(model).load(str(weights))
     return _evaluate(cfg, model)
 
 

@@ -2,7 +2,6 @@
 import os
 from typing import List, Sequence
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_setup
 from detectron2.evaluation import COCOEvaluator
@@ -10,10 +9,13 @@ from detectron2.utils import comm
 from tqdm import tqdm
 
 from ..config_io import ConfigError
+from .checkpoint import AtomicCheckpointer
 from .config import load_config
 from .datasets import (check_class_count, check_dataset_files, check_dataset_registered,
                        register_builtin_synthetic, register_coco_instances_from_cfg)
+from .resume import ResumableTrainer, check_resume_config
 from .teacher import FrozenTeacher, teacher_cfg_from
+from .validation import check_distill_config
 
 
 class ProgressBar(HookBase):
@@ -32,9 +34,10 @@ class ProgressBar(HookBase):
         self._bar.close()
 
 
-class DistillTrainer(DefaultTrainer):
-    """``DefaultTrainer`` with COCO evaluation and a progress bar; the model comes from
-    ``MODEL.META_ARCHITECTURE`` (``DistillRCNN`` for distillation, ``GeneralizedRCNN`` otherwise)."""
+class DistillTrainer(ResumableTrainer, DefaultTrainer):
+    """``DefaultTrainer`` with COCO evaluation, a progress bar and safe resume (``ResumableTrainer``);
+    the model comes from ``MODEL.META_ARCHITECTURE`` (``DistillRCNN`` for distillation,
+    ``GeneralizedRCNN`` otherwise)."""
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -76,12 +79,15 @@ def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Seque
     config dump, seeding). ``coco_datasets`` are ``[name, json_file, image_root]`` entries appended to
     ``DATASETS.COCO_INSTANCES``. Every check runs before the dump, so a bad config leaves no run folder."""
     cfg = load_config(config_file, opts)
+    check_distill_config(cfg)
     cfg.DATASETS.COCO_INSTANCES = list(cfg.DATASETS.COCO_INSTANCES) + [list(entry) for entry in coco_datasets]
     cfg.freeze()
     check_datasets(cfg)
     if not (args is not None and args.eval_only):  # evaluating the student needs no teacher
         check_teacher(cfg)
     if args is not None:
+        if args.resume and not args.eval_only:
+            check_resume_config(cfg, getattr(args, "allow_config_change", False))
         default_setup(cfg, args)
     return cfg
 
@@ -98,7 +104,7 @@ def student_only(cfg: CfgNode) -> CfgNode:
 def evaluate_student(cfg: CfgNode, weights: str, resume: bool = False):
     cfg = student_only(cfg)
     model = DistillTrainer.build_model(cfg)
-    DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights, resume=resume)
+    AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights, resume=resume)
     return DistillTrainer.test(cfg, model)
 
 
@@ -106,7 +112,8 @@ def evaluate_teacher(cfg: CfgNode):
     return DistillTrainer.test(cfg, FrozenTeacher.from_student_cfg(cfg).model)
 
 
-def train(cfg: CfgNode, resume: bool = False):
+def train(cfg: CfgNode, resume: bool = False, allow_config_change: bool = False):
     trainer = DistillTrainer(cfg)
+    trainer.allow_config_change = allow_config_change
     trainer.resume_or_load(resume=resume)
     return trainer.train()

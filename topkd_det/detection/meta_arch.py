@@ -42,7 +42,8 @@ class DistillRCNN(GeneralizedRCNN):
         args = super().from_config(cfg)
         num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
         # Built first so that a bad loss config fails before the teacher's weights are read.
-        args["distill_loss"] = build_loss(cfg.MODEL.DISTILL, num_classes=num_classes + 1, background_index=num_classes)
+        args["distill_loss"] = build_loss(cfg.MODEL.DISTILL, num_classes=num_classes + 1, background_index=num_classes,
+                                          config_prefix="MODEL.DISTILL")
         args["teacher"] = FrozenTeacher.from_student_cfg(cfg)
         return args
 

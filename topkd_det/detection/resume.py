@@ -1,0 +1,270 @@
+"""Resuming a detection run safely: the run's own config, its data order, its random state.
+
+``ResumableTrainer`` is a mixin for a ``DefaultTrainer`` subclass (``class T(ResumableTrainer,
+DefaultTrainer)``). It only overrides what ``DefaultTrainer`` documents for overriding
+(``build_hooks``, ``build_train_loader``, ``resume_or_load``, ``train``) and uses its documented
+``checkpointer`` attribute:
+
+- checkpoints are written by ``AtomicCheckpointer`` and carry the config, the teacher weights'
+  digest and the RNG states;
+- ``--resume`` compares the checkpoint's config with the current one (``topkd_det.resume_rules``) and
+  refuses result-changing differences unless ``allow_config_change`` is set, which records them in
+  the log and in ``metrics.json``;
+- a run whose newest checkpoint is its last iteration but whose ``model_final.pth`` is missing or
+  damaged writes ``model_final.pth`` again instead of passing for finished;
+- the training data continue where the checkpoint stopped (below).
+
+Data order. Detectron2's ``TrainingSampler`` is an infinite stream of per-epoch permutations seeded
+once; a restarted process starts the stream again, so a resumed run would see the first images of
+the stream a second time. Here the stream is seeded with ``SEED`` (when >= 0) and each process skips
+the ``start_iter × IMS_PER_BATCH / world`` indices its batches took before the checkpoint. The loader
+is built when the first batch is drawn, the moment ``start_iter`` is known (0.6 creates the loader's
+iterator in the trainer's constructor, before ``resume_or_load``). With aspect-ratio grouping,
+images waiting in a bucket at the checkpoint are not in any batch yet; when a dataset mixes
+orientations (COCO), up to 2·B − 2 images per process near the resume point are trained twice or
+not at all. Everything else about what is bit-exact is in the README ("Resuming").
+"""
+import functools
+import json
+import logging
+import os
+from itertools import islice
+from typing import Any, Callable, Dict, Iterator, List
+
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data.samplers import TrainingSampler
+from detectron2.engine import DefaultTrainer
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from torch.utils.data import Sampler
+
+from ..files import file_sha256, remove_orphans, torch_file_problem
+from ..resume_rules import Change, ResumeRules, check_resume, flatten
+from ..rng import rng_state, set_rng_state
+from ..state_dicts import mismatch
+from .checkpoint import FINAL, AtomicCheckpointer, CheckpointError, newest_readable_checkpoint
+
+logger = logging.getLogger(__name__)
+
+# Keys that only decide where and how often files are written, and what evaluation runs on; changing
+# them does not change the trained weights.
+RESUME_RULES = ResumeRules("SOLVER.MAX_ITER", ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD", "TEST.",
+                                               "DATASETS.TEST"), "iterations")
+TEACHER_DIGEST = "MODEL.TEACHER.WEIGHTS (sha256)"
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def run_fingerprint(cfg: CfgNode) -> Dict[str, Any]:
+    """What identifies a run: its flattened config, and the content of a local teacher weights file
+    (a teacher retrained at the same path makes another run)."""
+    out = flatten(cfg.dump())
+    weights = cfg.MODEL.TEACHER.WEIGHTS
+    if cfg.MODEL.META_ARCHITECTURE == "DistillRCNN" and weights and os.path.isfile(weights):
+        stat = os.stat(weights)
+        out[TEACHER_DIGEST] = _digest(os.path.abspath(weights), stat.st_size, stat.st_mtime_ns)
+    return out
+
+
+def _defaults() -> Dict[str, Any]:
+    from .config import add_topkd_config
+
+    cfg = get_cfg()
+    add_topkd_config(cfg)
+    return flatten(cfg.dump())
+
+
+def _stored_fingerprint(state: Dict[str, Any], current: Dict[str, Any]):
+    """(stored, current) as ``check_resume`` compares them; stored is None without a stored config."""
+    if "config" not in state:
+        return None, current
+    stored = {**flatten(state["config"]), **state.get("fingerprints", {})}
+    if TEACHER_DIGEST not in stored:
+        current = {k: v for k, v in current.items() if k != TEACHER_DIGEST}
+    return stored, current
+
+
+def _peek(path: str) -> Dict[str, Any]:
+    """A checkpoint's small entries and its model tensors, without reading them (memory-mapped)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {k: state[k] for k in ("config", "fingerprints", "iteration", "model") if k in state}
+
+
+def check_resume_config(cfg: CfgNode, allow_change: bool = False) -> List[Change]:
+    """Before anything is built: refuse (``ResumeRefused``) to resume OUTPUT_DIR's run under a config
+    that changes the result. Returns the accepted changes; nothing when there is no checkpoint."""
+    path = newest_readable_checkpoint(cfg.OUTPUT_DIR)
+    if path is None:
+        return []
+    state = _peek(path)
+    effective = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+    stored, current = _stored_fingerprint(state, run_fingerprint(effective))
+    return check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path, allow_change,
+                        _defaults())
+
+
+# --- data order --------------------------------------------------------------------------------------
+class ContinuingSampler(Sampler):
+    """A process's share of an infinite sampler's stream, minus the first ``skip`` indices."""
+
+    def __init__(self, base: Sampler, skip: int):
+        self.base, self.skip = base, skip
+
+    def __iter__(self) -> Iterator[int]:
+        return islice(iter(self.base), self.skip, None)
+
+
+def _current_iteration() -> int:
+    try:
+        return get_event_storage().iter
+    except AssertionError:  # drawn outside a training loop: from the start
+        return 0
+
+
+class DeferredLoader:
+    """An iterable of batches whose loader is built when the first batch is drawn, from the
+    iteration the training loop is at then."""
+
+    def __init__(self, build: Callable[[int], Any]):
+        self.build = build
+
+    def __iter__(self):
+        batches = iter(self.build(_current_iteration()))
+        # Starting a torch DataLoader draws a seed from torch's global RNG; keeping that draw out of
+        # the training stream makes a resumed run draw what an uninterrupted one draws.
+        with torch.random.fork_rng(devices=[]):
+            first = next(batches)
+        yield first
+        yield from batches
+
+
+def continuing_train_loader(cfg: CfgNode):
+    """Detectron2's default train loader (same dataset, mapper, grouping and workers) whose sampler
+    continues where the checkpoint stopped. Only ``TrainingSampler`` can be continued; other samplers
+    get Detectron2's loader, whose stream restarts on resume (logged)."""
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        logger.warning("DATALOADER.SAMPLER_TRAIN %s: a resumed run restarts its data stream",
+                       cfg.DATALOADER.SAMPLER_TRAIN)
+        return DefaultTrainer.build_train_loader(cfg)
+    dataset = get_detection_dataset_dicts(
+        cfg.DATASETS.TRAIN,
+        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+        min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
+        proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
+    )
+    mapper = DatasetMapper(cfg, True)
+    seed = cfg.SEED if cfg.SEED >= 0 else None  # None: Detectron2's random seed shared by the processes
+    per_process = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+
+    def build(start_iter: int):
+        sampler = ContinuingSampler(TrainingSampler(len(dataset), seed=seed), start_iter * per_process)
+        return build_detection_train_loader(
+            dataset, mapper=mapper, sampler=sampler, total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
+            aspect_ratio_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING, num_workers=cfg.DATALOADER.NUM_WORKERS,
+        )
+
+    return DeferredLoader(build)
+
+
+# --- the trainer mixin -------------------------------------------------------------------------------
+class ResumableTrainer:
+    """Mixin for ``DefaultTrainer`` subclasses; see the module docstring."""
+
+    # Set before resume_or_load to accept config changes (tools: --allow-config-change).
+    allow_config_change = False
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return continuing_train_loader(cfg)
+
+    def build_hooks(self):
+        self.fingerprint = run_fingerprint(self.cfg)
+        self.config_changes: List[Dict[str, Any]] = []
+        old = self.checkpointer
+        self.checkpointer = AtomicCheckpointer(old.model, old.save_dir, extra_state=self._checkpoint_state,
+                                               **old.checkpointables)
+        return super().build_hooks()
+
+    # Detectron2 0.6's DefaultTrainer checkpoints the iteration and the LR scheduler but not the
+    # optimizer, so its resume restarts SGD's momentum and runs the first iteration at the LR the
+    # optimizer was built with. Main stores it under "_trainer"; on 0.6 it is added here.
+    def state_dict(self):
+        state = super().state_dict()
+        if "_trainer" not in state:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if "_trainer" not in state_dict and "optimizer" in state_dict:
+            self.optimizer.load_state_dict(state_dict["optimizer"])
+
+    def _checkpoint_state(self) -> Dict[str, Any]:
+        return {
+            "config": self.cfg.dump(),
+            "fingerprints": {k: v for k, v in self.fingerprint.items() if k == TEACHER_DIGEST},
+            "config_changes": self.config_changes,
+            "rng": rng_state(),
+            "world_size": comm.get_world_size(),
+        }
+
+    def resume_or_load(self, resume=True):
+        """As ``DefaultTrainer.resume_or_load``, from the newest readable checkpoint, after checking its
+        config; orphan temp files of a killed run are removed first."""
+        out = self.cfg.OUTPUT_DIR
+        if comm.is_main_process() and os.path.isdir(out):
+            for path in remove_orphans(out):
+                logger.warning("removed %s, left by a run killed while writing it", path)
+        path = newest_readable_checkpoint(out) if resume else None
+        if path is None:
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
+            return
+        state = _peek(path)
+        stored, current = _stored_fingerprint(state, self.fingerprint)
+        changes = check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path,
+                               self.allow_config_change, _defaults())
+        # Detectron2 loads a checkpoint non-strictly (a log line per mismatch); a run's own must fit.
+        problem = mismatch(self.checkpointer.model.state_dict(), state.get("model", {}))
+        if problem:
+            raise CheckpointError(f"{path} does not fit the model of this config: {problem}")
+        extra = self.checkpointer.load(path)
+        # The checkpoint holds the iteration that just finished.
+        self.start_iter = self.iter + 1
+        self._restore_rng(extra)
+        self.config_changes = list(extra.get("config_changes", []))
+        if changes:
+            self._record(changes)
+        if self.cfg.SEED < 0:
+            logger.warning("SEED %d: the data order after this resume is a new random one; set SEED >= 0 "
+                           "for a run that continues its order", self.cfg.SEED)
+
+    def _restore_rng(self, extra: Dict[str, Any]) -> None:
+        world = comm.get_world_size()
+        if "rng" in extra and extra.get("world_size") == world == 1:
+            set_rng_state(extra["rng"])
+        elif world > 1:
+            logger.info("the checkpoint holds the main process's RNG states only; with %d processes they are "
+                        "not restored", world)
+
+    def _record(self, changes: List[Change]) -> None:
+        record = {"iteration": self.start_iter - 1, "config_changes": {c.key: [c.old, c.new] for c in changes}}
+        self.config_changes.append(record)
+        if comm.is_main_process():
+            with open(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def train(self):
+        final = os.path.join(self.cfg.OUTPUT_DIR, FINAL)
+        if self.start_iter >= self.max_iter and comm.is_main_process():
+            problem = torch_file_problem(final)
+            if problem is not None:
+                # The uninterrupted run would have written it from exactly this state.
+                logger.warning("%s %s although the run reached iteration %d: writing it again", final, problem,
+                               self.max_iter)
+                self.checkpointer.save("model_final", iteration=self.iter)
+        return super().train()

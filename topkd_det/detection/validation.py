@@ -1,0 +1,34 @@
+"""Checks of the extension's config keys that run right after the config is read: before Detectron2's
+``default_setup`` dumps it, before any model is built and before any weights are read."""
+from detectron2.config import CfgNode
+
+from ..config_io import ConfigError
+from ..core import LossOptionError, build_loss
+
+DISTILL_PREFIX = "MODEL.DISTILL"
+TEACHER_DTYPES = ("float32", "bfloat16", "float16")
+# Detectron2 solver keys whose bad values would train silently wrong or not at all: (key, lowest, strict).
+_SOLVER_RANGES = (("MAX_ITER", 1, False), ("IMS_PER_BATCH", 1, False), ("CHECKPOINT_PERIOD", 1, False),
+                  ("BASE_LR", 0, True))
+
+
+def check_distill_config(cfg: CfgNode) -> None:
+    """Raise ``ConfigError`` naming the key: every ``MODEL.DISTILL`` knob (type, range, K against the
+    class count), ``MODEL.TEACHER.DTYPE`` and the solver's lengths."""
+    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    try:
+        # Detection logits have a background column: C = NUM_CLASSES + 1.
+        build_loss(cfg.MODEL.DISTILL, num_classes=num_classes + 1, background_index=num_classes,
+                   config_prefix=DISTILL_PREFIX)
+    except LossOptionError as err:
+        hint = ""
+        if err.path in (("topkd", "k"), ("gdkd", "k")):
+            hint = f" (in detection C = MODEL.ROI_HEADS.NUM_CLASSES + 1 = {num_classes} + 1, the background)"
+        raise ConfigError(f"{err}{hint}") from None
+    if cfg.MODEL.TEACHER.DTYPE not in TEACHER_DTYPES:
+        raise ConfigError(f"MODEL.TEACHER.DTYPE must be one of {', '.join(TEACHER_DTYPES)}; "
+                          f"got {cfg.MODEL.TEACHER.DTYPE!r}")
+    for key, lowest, strict in _SOLVER_RANGES:
+        value = cfg.SOLVER[key]
+        if value < lowest or (strict and value == lowest):
+            raise ConfigError(f"SOLVER.{key} must be {'>' if strict else '>='} {lowest}, got {value}")
