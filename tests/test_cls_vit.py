@@ -229,7 +229,9 @@ def _fm(*extra):
     (["MODEL.STUDENT", "pvt_tiny", "DATASET.INPUT_SIZE", "32"], "reads 224 px"),
     (["DATASET.NAME", "imagenet", "MODEL.STUDENT", "resnet18", "DATASET.INPUT_SIZE", "112"], "DATASET.INPUT_SIZE=112"),
     (_fm("DISTILL.METHOD", "gdkd3", "MODEL.TEACHER", "fmnist_teacher", "MODEL.TEACHER_WEIGHTS", "t.pth",
-         "DISTILL.GDKD3.K", "1"), "DISTILL.GDKD3.K=1 must satisfy 2 <= K < 10"),
+         "DISTILL.GDKD3.K", "1"), "DISTILL.GDKD3.K must be >= 2, got 1"),
+    (_fm("DISTILL.METHOD", "gdkd3", "MODEL.TEACHER", "fmnist_teacher", "MODEL.TEACHER_WEIGHTS", "t.pth",
+         "DISTILL.GDKD3.K", "10"), "DISTILL.GDKD3.K=10 must satisfy 2 <= k < C=10"),
 ])
 def test_bad_solver_and_input_values_name_their_key(opts, fragment):
     with pytest.raises(ConfigError) as info:
