@@ -14,7 +14,7 @@ from .config import load_config
 from .datasets import (check_class_count, check_dataset_files, check_dataset_registered,
                        register_builtin_synthetic, register_coco_instances_from_cfg)
 from .families import SUPPORTED
-from .teacher import FrozenTeacher, resolve_config_path, teacher_cfg_from
+from .teacher import FrozenTeacher, check_teacher_cfg, resolve_config_path, teacher_cfg_from
 
 
 class ProgressBar(HookBase):
@@ -69,16 +69,7 @@ def check_teacher(cfg: CfgNode) -> None:
         return
     if resolve_config_path(cfg.MODEL.TEACHER.CONFIG_FILE, "MODEL.TEACHER.CONFIG_FILE").endswith(".py"):
         return  # a LazyConfig teacher: its family and class count are checked when it is built
-    teacher_cfg = teacher_cfg_from(cfg)
-    if teacher_cfg.MODEL.META_ARCHITECTURE != "GeneralizedRCNN":
-        raise ConfigError(f"MODEL.TEACHER.CONFIG_FILE is a {teacher_cfg.MODEL.META_ARCHITECTURE}, whose class logits are "
-                          f"not per ROI: the teacher must be one of {SUPPORTED}")
-    teacher_classes = teacher_cfg.MODEL.ROI_HEADS.NUM_CLASSES
-    if teacher_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise ConfigError(f"the teacher has {teacher_classes} classes (its MODEL.ROI_HEADS.NUM_CLASSES) but the "
-                          f"student's MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; distillation "
-                          "needs one label space: set MODEL.TEACHER.OPTS \"['MODEL.ROI_HEADS.NUM_CLASSES', N]\" "
-                          "or the student's")
+    check_teacher_cfg(teacher_cfg_from(cfg), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
 
 
 def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Sequence = ()) -> CfgNode:

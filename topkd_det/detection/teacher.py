@@ -12,7 +12,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes
 
 from ..config_io import ConfigError, merge_config
-from .families import family_name, teacher_stages
+from .families import SUPPORTED, family_name, teacher_stages
 
 ZOO_PREFIX = "zoo:"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -88,6 +88,22 @@ def teacher_cfg_from(student_cfg: CfgNode) -> CfgNode:
     """The teacher's config named by a student's ``MODEL.TEACHER.*`` keys, on the student's device."""
     t = student_cfg.MODEL.TEACHER
     return yacs_teacher_cfg(t.CONFIG_FILE, t.OPTS, t.WEIGHTS, student_cfg.MODEL.DEVICE)
+
+
+def check_teacher_cfg(teacher_cfg: CfgNode, student_classes: int, classes_key: str = "MODEL.ROI_HEADS.NUM_CLASSES",
+                      keys: TeacherKeys = YACS_KEYS) -> None:
+    """A YAML teacher checked on its config alone, before either model is built: a two-stage
+    R-CNN whose class count is the student's (``classes_key`` names where the student's is set)."""
+    arch = teacher_cfg.MODEL.META_ARCHITECTURE
+    if arch != "GeneralizedRCNN":
+        raise ConfigError(f"{keys.config} is a {arch}, whose class logits are not per ROI: the teacher must be "
+                          f"one of {SUPPORTED}")
+    teacher_classes = teacher_cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if teacher_classes != student_classes:
+        raise ConfigError(f"the teacher has {teacher_classes} classes (its MODEL.ROI_HEADS.NUM_CLASSES) but the "
+                          f"student's {classes_key} is {student_classes}; distillation needs one label space: set "
+                          f"the teacher's with {keys.opts} (e.g. ['MODEL.ROI_HEADS.NUM_CLASSES', {student_classes}]) "
+                          "or the student's")
 
 
 def _shorten(keys: List[str]) -> str:
