@@ -80,6 +80,22 @@ def test_lazy_config_builds_the_model_and_schedule_of_its_yaml_twin(lazy_file, m
                                                   "clip_value": clip.CLIP_VALUE}
 
 
+def test_detectron2_lazy_cascade_mask_rcnn_as_a_student(monkeypatch, tmp_path):
+    """Detectron2's own common Cascade model (read as a file) with a model-zoo Cascade teacher, weights off."""
+    monkeypatch.setattr(teacher_module, "load_teacher_weights", lambda *args: None)
+    (tmp_path / "unread.pth").touch()
+    model = LazyConfig.load(model_zoo_config_file("common/models/cascade_rcnn.py"), "model")
+    model._target_ = "topkd_det.detection.DistillRCNN"
+    model.teacher = {"_target_": build_teacher, "config": "zoo:Misc/cascade_mask_rcnn_R_50_FPN_3x.yaml",
+                     "weights": str(tmp_path / "unread.pth")}
+    model.distill_loss = {"_target_": build_distill_loss, "options": {"method": "kd"},
+                          "num_classes": "${..roi_heads.num_classes}"}
+    built = instantiate(model)
+    assert family_name(built.roi_heads) == built.teacher.family == "Cascade Mask R-CNN"
+    predictors = built.roi_heads.box_predictor
+    assert [p.distiller.teacher_stage for p in predictors] == [0, 1, 2]
+
+
 def test_a_retinanet_student_is_refused_at_build():
     cfg = LazyConfig.load(model_zoo_config_file("common/models/retinanet.py"))
     cfg.model._target_ = "topkd_det.detection.DistillRCNN"
@@ -140,7 +156,7 @@ def test_unregistered_dataset_and_teacher_class_count_fail_before_the_run_folder
 @pytest.fixture(scope="module")
 def tiny_shapes(tmp_path_factory):
     root = tmp_path_factory.mktemp("shapes") / "data"
-    generate(root, SyntheticConfig(num_train=8, num_val=2, num_test=2, image_size=64), progress=False)
+    generate(root, SyntheticConfig(num_train=4, num_val=1, num_test=1, image_size=64), progress=False)
     return register_synthetic(root, name_prefix=f"lazy_{uuid.uuid4().hex[:6]}")
 
 
@@ -173,10 +189,10 @@ def test_embedded_lazy_config_trains_resumes_and_evaluates(tiny_shapes, tmp_path
         return original(self)
 
     monkeypatch.setattr(SimpleTrainer, "run_step", counted)
-    _run("--config-file", config, *opts, "train.max_iter=2")
-    assert steps == [0, 1]
+    _run("--config-file", config, *opts, "train.max_iter=1")
+    assert steps == [0]
     state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
-    assert state["iteration"] == 1 and "trainer" in state  # optimizer and scheduler
+    assert state["iteration"] == 0 and "trainer" in state  # optimizer and scheduler
     assert not any(k.startswith("teacher") for k in state["model"])
     # Student only: the checkpoint loads strictly into the plain student of the config.
     plain = instantiate(student_only(LazyConfig.load(str(config), "model")))
@@ -186,8 +202,8 @@ def test_embedded_lazy_config_trains_resumes_and_evaluates(tiny_shapes, tmp_path
     assert any("bbox/AP" in x for x in lines)  # COCO evaluation after the last iteration
 
     steps.clear()
-    _run("--config-file", config, "--resume", *opts, "train.max_iter=3")
-    assert steps == [2]  # continued at the next iteration, not from 0
+    _run("--config-file", config, "--resume", *opts, "train.max_iter=2")
+    assert steps == [1]  # continued at the next iteration, not from 0
 
     # --eval-only builds the student alone: a missing teacher file does not matter.
     results = _run("--config-file", config, "--eval-only", *opts, "model.teacher.weights=/no/such/teacher.pth",
