@@ -18,7 +18,8 @@ from topkd_det.detection.config import load_config
 from topkd_det.detection.datasets import register_synthetic
 from topkd_det.detection.engine import student_only as yacs_student_only
 from topkd_det.detection.families import UnsupportedModelError, family_name
-from topkd_det.detection.lazy_engine import load_lazy_config, setup, student_only
+from topkd_det.detection import lazy_engine
+from topkd_det.detection.lazy_engine import load_lazy_config, student_only
 from topkd_det.detection.teacher import model_zoo_config_file
 
 from conftest import load_tool
@@ -145,10 +146,11 @@ def test_unregistered_dataset_and_teacher_class_count_fail_before_the_run_folder
     out = f"train.output_dir={tmp_path / 'run'}"
     with pytest.raises(ConfigError, match="dataloader.train.dataset.names: dataset 'nope_train' is not registered"
                                           ".*register it in the config file with .*register_coco_instances"):
-        setup(config, ["dataloader.train.dataset.names=nope_train", "dataloader.test.dataset.names=[]", out])
+        lazy_engine.setup(config, ["dataloader.train.dataset.names=nope_train", "dataloader.test.dataset.names=[]",
+                                   out])
     with pytest.raises(ConfigError, match=r"the teacher has 7 classes .* the student's model.roi_heads.num_classes "
                                           r"is 24.* model.teacher.opts"):
-        setup(config, ["dataloader.train.dataset.names=[]", "dataloader.test.dataset.names=[]", out,
+        lazy_engine.setup(config, ["dataloader.train.dataset.names=[]", "dataloader.test.dataset.names=[]", out,
                        "model.teacher.opts=[MODEL.ROI_HEADS.NUM_CLASSES,7]"])
     assert not (tmp_path / "run").exists()
 

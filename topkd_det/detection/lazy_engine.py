@@ -141,7 +141,7 @@ def with_gradient_clipping(optimizer, options) -> object:
     return maybe_add_gradient_clipping(node, optimizer)
 
 
-def test(cfg: DictConfig, model) -> Dict:
+def evaluate_model(cfg: DictConfig, model) -> Dict:
     """``dataloader.evaluator`` (COCOEvaluator in this project's configs) on ``dataloader.test``."""
     if "evaluator" not in cfg.dataloader:
         return {}
@@ -158,7 +158,7 @@ def evaluate_student(cfg: DictConfig, resume: bool = False) -> Dict:
     model = create_ddp_model(model)
     DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
                                                                                resume=resume)
-    return test(cfg, model)
+    return evaluate_model(cfg, model)
 
 
 def train(cfg: DictConfig, resume: bool = False) -> None:
@@ -177,7 +177,7 @@ def train(cfg: DictConfig, resume: bool = False) -> None:
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
-        hooks.EvalHook(cfg.train.eval_period, lambda: test(cfg, model)),
+        hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_model(cfg, model)),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period) if main else None,
         ProgressBar(),

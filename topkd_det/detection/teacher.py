@@ -57,7 +57,7 @@ LAZY_KEYS = TeacherKeys("model.teacher.config", "model.teacher.weights", "model.
 def resolve_config_path(path: str, key: str) -> str:
     """A config path, with ``zoo:<name>`` resolved to the installed model zoo's file."""
     if not path:
-        raise ConfigError(f"{key} is empty: set it to the teacher's Detectron2 config "
+        raise ConfigError(f"{key} is empty: give a Detectron2 config file "
                           "(a path, or zoo:COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml)")
     if path.startswith(ZOO_PREFIX):
         return model_zoo_config_file(path[len(ZOO_PREFIX):], key)
