@@ -122,6 +122,11 @@ def test_a_lazy_python_teacher_config_with_overrides(tmp_path):
     assert all(torch.equal(state[k], v) for k, v in plain.state_dict().items())
     with pytest.raises(ConfigError, match=r"model.teacher.config .*teacher.py.* does not give a teacher model"):
         build_teacher(str(teacher_file), str(weights), opts=["model.roi_heads.no_such_arg=1"])
+    # The same teacher for a YAML student, through MODEL.TEACHER.*.
+    cfg = load_config(REPO / "configs/embedded/topkd.yaml", [
+        "MODEL.TEACHER.CONFIG_FILE", str(teacher_file), "MODEL.TEACHER.WEIGHTS", str(weights),
+        "MODEL.TEACHER.OPTS", "['model.roi_heads.num_classes=24']"])
+    assert build_model(cfg).teacher.num_classes == 24
 
 
 @pytest.mark.parametrize("opts, match", [
