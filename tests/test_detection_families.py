@@ -218,3 +218,28 @@ def test_box_predictors_other_than_softmax_fastrcnn_output_layers_are_refused():
     heads.box_predictor.use_sigmoid_ce = True  # MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE on Detectron2 main
     with pytest.raises(UnsupportedModelError, match="sigmoid cross-entropy"):
         box_stages(heads, object(), "teacher")
+
+
+def test_train_on_pred_boxes_distills_the_proposal_boxes(tmp_path, teachers):
+    """With TRAIN_ON_PRED_BOXES the heads replace the proposal boxes after the box losses; the
+    distillation terms, computed with those losses, see the boxes the student's logits came from."""
+    cfg = distill_cfg(tmp_path, "kd", teacher=teachers["mask"], family="mask",
+                      **{"MODEL.ROI_BOX_HEAD.TRAIN_ON_PRED_BOXES": True})
+    model = build_model(cfg)
+    model.train()
+    seen = []
+    original = model.teacher.box_logits
+
+    def spy(features, boxes, stage):
+        seen.append([b.tensor.clone() for b in boxes])
+        return original(features, boxes, stage)
+
+    model.teacher.box_logits = spy
+    sampled = []
+    model.roi_heads.box_pooler.register_forward_hook(lambda m, args, out: sampled.append(
+        [b.tensor.clone() for b in args[1]]))
+    with EventStorage(0):
+        losses = model(batch(masks=True))
+    assert {"loss_kd", "loss_mask"} <= set(losses) and all(torch.isfinite(v) for v in losses.values())
+    assert len(seen) == len(sampled) == 1
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], sampled[0]))
