@@ -1,12 +1,14 @@
 #!/usr/bin/env python
-"""Training-step cost of distillation in detection, measured side by side in one run.
+"""Training-step cost of distillation in detection, measured side by side in one run, per model family.
 
-    python benchmarks/bench_det_step.py                       # embedded configs (CPU-sized)
-    python benchmarks/bench_det_step.py --pair R101_R18 --device cuda --size 800 --batch 8
+    python benchmarks/bench_det_step.py                       # embedded configs (CPU-sized), every family
+    python benchmarks/bench_det_step.py --pair R101_R18 --device cuda --size 800 --batch 8 --families faster
 
-Rows, interleaved round by round so that machine noise hits all alike:
-  student         the student Faster R-CNN alone: forward + backward + SGD step
-  teacher fwd     the frozen teacher alone: backbone + box head on the student's sampled ROIs
+For each family (Faster, Mask and Cascade R-CNN; teacher and student of the same family), rows
+interleaved round by round so that machine noise hits all alike:
+  student         the student alone: forward + backward + SGD step
+  teacher fwd     the frozen teacher alone: backbone once + its box head(s) on the ROIs of every
+                  student stage (what DistillRCNN asks of it)
   KD / TopKD      the DistillRCNN step with that loss
 The ratio distill / (student + teacher fwd) shows the overhead of running them together (the goal
 is <= 1.10). On CUDA the peak memory above the weights is reported too; the teacher runs under
@@ -24,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
-from detectron2.structures import Boxes, Instances  # noqa: E402
+from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from topkd_det.detection import add_topkd_config  # noqa: E402
@@ -36,13 +38,24 @@ PAIRS = {
     "R101_R50": (REPO / "configs/COCO-Detection/topkd_R101_R50.yaml", None),
     "R50_MV2": (REPO / "configs/COCO-Detection/topkd_R50_MV2.yaml", None),
 }
+# The keys that turn a pair's Faster R-CNNs (student and teacher) into another family; the mask head
+# is Detectron2's standard 4 convs, at the embedded FPN's 128 channels.
+FAMILIES = {
+    "faster": ("Faster R-CNN", []),
+    "mask": ("Mask R-CNN", ["MODEL.MASK_ON", True, "MODEL.ROI_MASK_HEAD.NUM_CONV", 4,
+                            "MODEL.ROI_MASK_HEAD.CONV_DIM", 128]),
+    "cascade": ("Cascade R-CNN", ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads",
+                                  "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True]),
+}
 
 
-def student_cfg(pair, device, teacher_file=None, teacher_weights=None, method="none"):
+def student_cfg(pair, device, family, teacher_file=None, teacher_weights=None, method="none"):
     config, teacher_config = PAIRS[pair]
     cfg = get_cfg()
     add_topkd_config(cfg)
     cfg.merge_from_file(str(config))
+    cfg.merge_from_list(FAMILIES[family][1])
+    cfg.MODEL.TEACHER.OPTS = FAMILIES[family][1]
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = device
     if teacher_config is not None:
@@ -78,6 +91,10 @@ def batch(n, size, num_classes, device, seed=0):
         wh = (0.1 + 0.3 * torch.rand(4, 2, generator=g)) * size
         inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], 1).clamp(max=size - 1))
         inst.gt_classes = torch.randint(0, num_classes, (4,), generator=g)
+        masks = torch.zeros(4, size, size, dtype=torch.bool)
+        for i, (x0, y0, x1, y1) in enumerate(inst.gt_boxes.tensor.long().tolist()):
+            masks[i, y0:y1, x0:x1] = True
+        inst.gt_masks = BitMasks(masks)
         out.append({"image": (torch.rand(3, size, size, generator=g) * 255).to(device), "instances": inst,
                     "height": size, "width": size})
     return out
@@ -95,23 +112,13 @@ def train_step(model, optimizer, inputs):
     optimizer.step()
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pair", default="embedded", choices=list(PAIRS))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    args = p.parse_args()
-    torch.manual_seed(0)
-
+def measure(args, family):
+    """Median times (s) and CUDA peaks (MiB) of the four rows for one family."""
     with tempfile.TemporaryDirectory() as tmp:
-        teacher_files = random_teacher(student_cfg(args.pair, args.device, method="kd"), Path(tmp))
-        models = {"student": build_model(student_cfg(args.pair, args.device))}
+        teacher_files = random_teacher(student_cfg(args.pair, args.device, family, method="kd"), Path(tmp))
+        models = {"student": build_model(student_cfg(args.pair, args.device, family))}
         for method in ("kd", "topkd"):
-            cfg = student_cfg(args.pair, args.device, *teacher_files, method=method)
+            cfg = student_cfg(args.pair, args.device, family, *teacher_files, method=method)
             cfg.MODEL.TEACHER.DTYPE = args.teacher_dtype
             models["KD" if method == "kd" else "TopKD"] = build_model(cfg)
     num_classes = models["student"].roi_heads.num_classes
@@ -121,22 +128,23 @@ def main():
     for m in models.values():
         m.train()
 
-    captured = {}
-
-    def teacher_forward():
-        with torch.no_grad():
-            teacher.box_logits(inputs, captured["boxes"])
-
+    # The boxes of every student stage the teacher scores in one distillation step.
+    calls = []
     original = teacher.box_logits
 
-    def capture(b_inputs, boxes):
-        captured["boxes"] = boxes
-        return original(b_inputs, boxes)
+    def capture(features, boxes, stage):
+        calls.append((boxes, stage))
+        return original(features, boxes, stage)
 
     teacher.box_logits = capture
     with EventStorage(0):
         train_step(models["TopKD"], optimizers["TopKD"], inputs)
     teacher.box_logits = original
+
+    def teacher_forward():
+        features = teacher.features(inputs)
+        for boxes, stage in calls:
+            teacher.box_logits(features, boxes, stage)
 
     runs = {"student": lambda: train_step(models["student"], optimizers["student"], inputs),
             "teacher fwd": teacher_forward,
@@ -158,16 +166,33 @@ def main():
                     times[name].append(time.perf_counter() - start)
                 if args.device.startswith("cuda") and r == args.warmup:
                     peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    med = {k: statistics.median(v) for k, v in times.items()}
-    joint = med["student"] + med["teacher fwd"]
+    return {k: statistics.median(v) for k, v in times.items()}, peaks
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pair", default="embedded", choices=list(PAIRS))
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    args = p.parse_args()
+    torch.manual_seed(0)
+
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"{args.pair}: batch {args.batch} x {args.size} px on {where}; teacher dtype {args.teacher_dtype}; "
           f"median of {args.repeats}\n")
-    print("| step | ms | ratio to student + teacher fwd | peak MiB |\n|---|---:|---:|---:|")
-    for name, t in med.items():
-        ratio = f"{t / joint:.2f}" if name in ("KD", "TopKD") else ""
-        peak = f"{peaks[name]:.0f}" if name in peaks else "n/a"
-        print(f"| {name} | {t * 1e3:.1f} | {ratio} | {peak} |")
+    print("| family | step | ms | ratio to student + teacher fwd | peak MiB |\n|---|---|---:|---:|---:|")
+    for family in args.families:
+        med, peaks = measure(args, family)
+        joint = med["student"] + med["teacher fwd"]
+        for name, t in med.items():
+            ratio = f"{t / joint:.2f}" if name in ("KD", "TopKD") else ""
+            peak = f"{peaks[name]:.0f}" if name in peaks else "n/a"
+            print(f"| {FAMILIES[family][0]} | {name} | {t * 1e3:.1f} | {ratio} | {peak} |", flush=True)
 
 
 if __name__ == "__main__":

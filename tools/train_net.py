@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train or evaluate a TopKD/KD/DKD-distilled Faster R-CNN, the Detectron2 way.
+"""Train or evaluate a TopKD/KD/DKD-distilled Faster, Mask or Cascade R-CNN, the Detectron2 way.
 
     python tools/train_net.py --config-file configs/COCO-Detection/topkd_R101_R18.yaml --num-gpus 8
     python tools/train_net.py --config-file ... --resume                 # continue a killed run

@@ -110,9 +110,11 @@ def register_builtin_synthetic() -> Dict[str, str]:
     return register_synthetic(root, splits=splits)
 
 
-def check_dataset_registered(name: str, key: Optional[str] = None, own_names: Sequence[str] = ()) -> None:
+def check_dataset_registered(name: str, key: Optional[str] = None, own_names: Sequence[str] = (),
+                             own_data_hint: str = f"add [name, json_file, image_root] to {COCO_INSTANCES_KEY}") -> None:
     """Raise ConfigError naming the dataset (and the config key it came from, if given), the
-    registered names that look like what was meant, and ``own_names`` (those the config registered)."""
+    registered names that look like what was meant, and ``own_names`` (those the config registered).
+    ``own_data_hint`` says how a user registers their own COCO-format data in this kind of config."""
     registered = DatasetCatalog.list()
     if name in registered:
         return
@@ -125,7 +127,7 @@ def check_dataset_registered(name: str, key: Optional[str] = None, own_names: Se
     where = f"{key}: " if key else ""
     raise ConfigError(
         f"{where}dataset {name!r} is not registered with Detectron2 ({hint}). For your own COCO-format data, "
-        f"add [name, json_file, image_root] to {COCO_INSTANCES_KEY}; for the synthetic data, generate it "
+        f"{own_data_hint}; for the synthetic data, generate it "
         f"with tools/make_synthetic_coco.py --root {default_root()} (register_builtin_synthetic() picks it "
         "up from there), or call topkd_det.detection.datasets.register_synthetic(root)"
     )
@@ -143,11 +145,12 @@ def check_dataset_files(name: str, key: str) -> None:
         raise ConfigError(f"{key}: dataset {name!r} needs the image folder {images!r}, which does not exist")
 
 
-def check_class_count(name: str, key: str, num_classes: int) -> None:
-    """The dataset's category count, where its metadata knows it, equals MODEL.ROI_HEADS.NUM_CLASSES:
-    with fewer heads than categories the extra classes would train as background, silently."""
+def check_class_count(name: str, key: str, num_classes: int, classes_key: str = "MODEL.ROI_HEADS.NUM_CLASSES",
+                      teacher_opts_key: str = "MODEL.TEACHER.OPTS") -> None:
+    """The dataset's category count, where its metadata knows it, equals the model's (set at
+    ``classes_key``): with fewer heads than categories the extra classes would train as background, silently."""
     classes = MetadataCatalog.get(name).get("thing_classes")
     if classes is not None and len(classes) != num_classes:
-        raise ConfigError(f"{key}: dataset {name!r} has {len(classes)} categories but MODEL.ROI_HEADS.NUM_CLASSES "
-                          f"is {num_classes}; set MODEL.ROI_HEADS.NUM_CLASSES {len(classes)} (and the teacher's "
-                          "with MODEL.TEACHER.OPTS if it differs)")
+        raise ConfigError(f"{key}: dataset {name!r} has {len(classes)} categories but {classes_key} "
+                          f"is {num_classes}; set {classes_key} {len(classes)} (and the teacher's "
+                          f"with {teacher_opts_key} if it differs)")

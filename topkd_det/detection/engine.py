@@ -13,8 +13,9 @@ from .checkpoint import AtomicCheckpointer
 from .config import load_config
 from .datasets import (check_class_count, check_dataset_files, check_dataset_registered,
                        register_builtin_synthetic, register_coco_instances_from_cfg)
+from .families import SUPPORTED
 from .resume import ResumableTrainer, check_resume_config
-from .teacher import FrozenTeacher, teacher_cfg_from
+from .teacher import FrozenTeacher, check_teacher_cfg, resolve_config_path, teacher_cfg_from
 from .validation import check_distill_config
 
 
@@ -65,13 +66,13 @@ def check_teacher(cfg: CfgNode) -> None:
     """The teacher's config (file and OPTS) reads, and its class count is the student's: checked on the
     YAML alone, before either model is built."""
     if cfg.MODEL.META_ARCHITECTURE != "DistillRCNN":
+        if cfg.MODEL.DISTILL.METHOD != "none":
+            raise ConfigError(f"MODEL.DISTILL.METHOD {cfg.MODEL.DISTILL.METHOD} needs MODEL.META_ARCHITECTURE "
+                              f"DistillRCNN, not {cfg.MODEL.META_ARCHITECTURE}: {SUPPORTED} can be distilled")
         return
-    teacher_classes = teacher_cfg_from(cfg).MODEL.ROI_HEADS.NUM_CLASSES
-    if teacher_classes != cfg.MODEL.ROI_HEADS.NUM_CLASSES:
-        raise ConfigError(f"the teacher has {teacher_classes} classes (its MODEL.ROI_HEADS.NUM_CLASSES) but the "
-                          f"student's MODEL.ROI_HEADS.NUM_CLASSES is {cfg.MODEL.ROI_HEADS.NUM_CLASSES}; distillation "
-                          "needs one label space: set MODEL.TEACHER.OPTS \"['MODEL.ROI_HEADS.NUM_CLASSES', N]\" "
-                          "or the student's")
+    if resolve_config_path(cfg.MODEL.TEACHER.CONFIG_FILE, "MODEL.TEACHER.CONFIG_FILE").endswith(".py"):
+        return  # a LazyConfig teacher: its family and class count are checked when it is built
+    check_teacher_cfg(teacher_cfg_from(cfg), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
 
 
 def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Sequence = ()) -> CfgNode:
@@ -93,7 +94,7 @@ def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Seque
 
 
 def student_only(cfg: CfgNode) -> CfgNode:
-    """The config of the student as a plain Faster R-CNN: what inference and evaluation run."""
+    """The config of the student as a plain model of its family: what inference and evaluation run."""
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"

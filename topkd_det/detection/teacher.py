@@ -1,25 +1,27 @@
-"""A frozen Detectron2 teacher that scores given ROIs with its box head, and nothing else."""
+"""A frozen Detectron2 teacher that scores given ROIs with its box heads, and nothing else."""
 import contextlib
 import importlib.util
 import os
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Union
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
 from detectron2.modeling import build_model
-from detectron2.modeling.roi_heads import StandardROIHeads
-from detectron2.structures import Boxes, ImageList
+from detectron2.structures import Boxes
 
 from ..config_io import ConfigError, merge_config
+from .families import SUPPORTED, family_name, teacher_stages
 
 ZOO_PREFIX = "zoo:"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _LIST_AT_MOST = 8
 
 
-def model_zoo_config_file(name: str) -> str:
-    """The path of a model-zoo config shipped inside the installed Detectron2 package.
+def model_zoo_config_file(name: str, key: str = "model-zoo config") -> str:
+    """The path of a model-zoo config shipped inside the installed Detectron2 package, e.g.
+    ``COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml`` or ``common/models/mask_rcnn_fpn.py``.
 
     ``detectron2.model_zoo`` is not imported: on official Detectron2 builds it still needs
     ``pkg_resources``, which setuptools >= 82 no longer has. ``find_spec`` locates the subpackage's
@@ -32,32 +34,76 @@ def model_zoo_config_file(name: str) -> str:
         if os.path.isfile(path):
             return path
     raise ConfigError(
-        f"MODEL.TEACHER.CONFIG_FILE {ZOO_PREFIX}{name}: no such model-zoo config in the installed Detectron2 "
+        f"{key} {ZOO_PREFIX}{name}: no such model-zoo config in the installed Detectron2 "
         f"({', '.join(os.path.join(f, 'configs') for f in folders) or 'no model_zoo folder'}); "
         "names look like COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml"
     )
 
 
-def teacher_cfg_from(student_cfg: CfgNode) -> CfgNode:
-    """The teacher's own config: ``MODEL.TEACHER.CONFIG_FILE``, then ``MODEL.TEACHER.OPTS``, then
-    ``MODEL.TEACHER.WEIGHTS`` and the student's device. Cheap: nothing is built or read but YAML."""
-    from .config import add_topkd_config  # the teacher may use this project's backbones too
+@dataclass(frozen=True)
+class TeacherKeys:
+    """Where the teacher's settings were given, for error messages: yacs keys or lazy-config keys."""
 
-    path = student_cfg.MODEL.TEACHER.CONFIG_FILE
+    config: str = "MODEL.TEACHER.CONFIG_FILE"
+    weights: str = "MODEL.TEACHER.WEIGHTS"
+    dtype: str = "MODEL.TEACHER.DTYPE"
+    opts: str = "MODEL.TEACHER.OPTS"
+
+
+YACS_KEYS = TeacherKeys()
+LAZY_KEYS = TeacherKeys("model.teacher.config", "model.teacher.weights", "model.teacher.dtype", "model.teacher.opts")
+
+
+def resolve_config_path(path: str, key: str) -> str:
+    """A config path, with ``zoo:<name>`` resolved to the installed model zoo's file."""
     if not path:
-        raise ConfigError("MODEL.TEACHER.CONFIG_FILE is empty: set it to the teacher's Detectron2 config "
+        raise ConfigError(f"{key} is empty: give a Detectron2 config file "
                           "(a path, or zoo:COCO-Detection/faster_rcnn_R_101_FPN_3x.yaml)")
     if path.startswith(ZOO_PREFIX):
-        path = model_zoo_config_file(path[len(ZOO_PREFIX):])
+        return model_zoo_config_file(path[len(ZOO_PREFIX):], key)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{key}: no such file {path!r}")
+    return path
+
+
+def yacs_teacher_cfg(config_file: str, opts: Sequence = (), weights: str = "", device: str = "cpu",
+                     keys: TeacherKeys = YACS_KEYS) -> CfgNode:
+    """The teacher's own yacs config: its file, then ``opts`` (KEY VALUE pairs), then ``weights`` and
+    ``device``. Cheap: nothing is built or read but YAML. A DistillRCNN config stands for its student."""
+    from .config import add_topkd_config  # the teacher may use this project's backbones too
+
     cfg = get_cfg()
     add_topkd_config(cfg)
-    merge_config(cfg, path, student_cfg.MODEL.TEACHER.OPTS, file_key="MODEL.TEACHER.CONFIG_FILE",
-                 opts_key="MODEL.TEACHER.OPTS (the teacher's own KEY VALUE overrides)")
-    cfg.MODEL.WEIGHTS = student_cfg.MODEL.TEACHER.WEIGHTS
-    cfg.MODEL.DEVICE = student_cfg.MODEL.DEVICE
-    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    merge_config(cfg, resolve_config_path(config_file, keys.config), opts, file_key=keys.config,
+                 opts_key=f"{keys.opts} (the teacher's own KEY VALUE overrides)")
+    cfg.MODEL.WEIGHTS = weights
+    cfg.MODEL.DEVICE = device
+    if cfg.MODEL.META_ARCHITECTURE == "DistillRCNN":
+        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
     cfg.freeze()
     return cfg
+
+
+def teacher_cfg_from(student_cfg: CfgNode) -> CfgNode:
+    """The teacher's config named by a student's ``MODEL.TEACHER.*`` keys, on the student's device."""
+    t = student_cfg.MODEL.TEACHER
+    return yacs_teacher_cfg(t.CONFIG_FILE, t.OPTS, t.WEIGHTS, student_cfg.MODEL.DEVICE)
+
+
+def check_teacher_cfg(teacher_cfg: CfgNode, student_classes: int, classes_key: str = "MODEL.ROI_HEADS.NUM_CLASSES",
+                      keys: TeacherKeys = YACS_KEYS) -> None:
+    """A YAML teacher checked on its config alone, before either model is built: a two-stage
+    R-CNN whose class count is the student's (``classes_key`` names where the student's is set)."""
+    arch = teacher_cfg.MODEL.META_ARCHITECTURE
+    if arch != "GeneralizedRCNN":
+        raise ConfigError(f"{keys.config} is a {arch}, whose class logits are not per ROI: the teacher must be "
+                          f"one of {SUPPORTED}")
+    teacher_classes = teacher_cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if teacher_classes != student_classes:
+        raise ConfigError(f"the teacher has {teacher_classes} classes (its MODEL.ROI_HEADS.NUM_CLASSES) but the "
+                          f"student's {classes_key} is {student_classes}; distillation needs one label space: set "
+                          f"the teacher's with {keys.opts} (e.g. ['MODEL.ROI_HEADS.NUM_CLASSES', {student_classes}]) "
+                          "or the student's")
 
 
 def _shorten(keys: List[str]) -> str:
@@ -84,18 +130,15 @@ class _KeyReportingCheckpointer(DetectionCheckpointer):
         return self.incompatible
 
 
-def load_teacher_weights(model: torch.nn.Module, weights: str) -> None:
+def load_teacher_weights(model: torch.nn.Module, weights: str, keys: TeacherKeys = YACS_KEYS) -> None:
     """Load strictly: a teacher with missing or unexpected weights would distill noise."""
-    if not weights:
-        raise ConfigError("MODEL.TEACHER.WEIGHTS is empty: a teacher needs trained weights")
-    if "://" not in weights and not os.path.isfile(weights):
-        raise ConfigError(f"MODEL.TEACHER.WEIGHTS: no such file {weights!r}")
+    check_weights_path(weights, keys)
     checkpointer = _KeyReportingCheckpointer(model)
     try:
         checkpointer.load(weights, checkpointables=[])
     except Exception as err:  # torch/pickle/zip raise many types for a damaged or foreign file
         raise TeacherWeightsError(
-            f"MODEL.TEACHER.WEIGHTS {weights!r} could not be read ({type(err).__name__}: {err}); the file is "
+            f"{keys.weights} {weights!r} could not be read ({type(err).__name__}: {err}); the file is "
             "damaged, truncated or not a Detectron2/torch checkpoint: download or train it again"
         ) from None
     incompatible = checkpointer.incompatible
@@ -104,48 +147,101 @@ def load_teacher_weights(model: torch.nn.Module, weights: str) -> None:
         parts.append("the file holds no model weights")
     else:
         shapes = [f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes]
-        for what, keys in (("missing keys", list(incompatible.missing_keys)),
-                           ("unexpected keys", list(incompatible.unexpected_keys)),
-                           ("shape mismatches", shapes)):
-            if keys:
-                parts.append(f"{what}: {_shorten(keys)}")
+        for what, names in (("missing keys", list(incompatible.missing_keys)),
+                            ("unexpected keys", list(incompatible.unexpected_keys)),
+                            ("shape mismatches", shapes)):
+            if names:
+                parts.append(f"{what}: {_shorten(names)}")
     if parts:
-        raise TeacherWeightsError(f"MODEL.TEACHER.WEIGHTS {weights!r} does not match MODEL.TEACHER.CONFIG_FILE "
-                                  "(and MODEL.TEACHER.OPTS): " + "; ".join(parts))
+        raise TeacherWeightsError(f"{keys.weights} {weights!r} does not match {keys.config} "
+                                  f"(and {keys.opts}): " + "; ".join(parts))
+
+
+def check_weights_path(weights: str, keys: TeacherKeys) -> None:
+    if not weights:
+        raise ConfigError(f"{keys.weights} is empty: a teacher needs trained weights")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise ConfigError(f"{keys.weights}: no such file {weights!r}")
+
+
+def check_dtype(dtype: str, keys: TeacherKeys) -> torch.dtype:
+    if dtype not in _DTYPES:
+        raise ConfigError(f"{keys.dtype} must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def _lazy_teacher_model(path: str, opts: Sequence[str], keys: TeacherKeys) -> torch.nn.Module:
+    """``model`` of a LazyConfig file, with ``key=value`` overrides, instantiated."""
+    try:
+        cfg = LazyConfig.apply_overrides(LazyConfig.load(path), list(opts))
+        if "model" not in cfg:
+            raise KeyError("it defines no `model`")
+        return instantiate(cfg.model)
+    except Exception as err:  # a config file is arbitrary Python; hydra and omegaconf raise their own types
+        raise ConfigError(f"{keys.config} {path!r} (with {keys.opts} {list(opts)!r}) does not give a teacher "
+                          f"model: {type(err).__name__}: {err}") from None
+
+
+def build_teacher(config: Union[str, torch.nn.Module], weights: str, dtype: str = "float32", opts: Sequence = (),
+                  device: str = "cpu", keys: TeacherKeys = LAZY_KEYS) -> "FrozenTeacher":
+    """A frozen teacher from a config file or a built model, and its weights, loaded strictly.
+
+    ``config`` is a YAML config (its ``opts`` are ``KEY VALUE`` pairs), a LazyConfig ``.py`` file
+    with a ``model`` (its ``opts`` are ``key=value`` strings), either of them as ``zoo:<name>``, or a
+    model already built (a lazy ``model`` node that ``instantiate`` built). Everything cheap is
+    checked first, the model family before the weights are read. This is the lazy-config entry point
+    (``L(build_teacher)(config=..., weights=...)``); yacs configs go through ``from_student_cfg``.
+    """
+    check_dtype(dtype, keys)
+    check_weights_path(weights, keys)
+    if isinstance(config, torch.nn.Module):
+        model = config.to(device)
+    elif not isinstance(config, str):
+        raise ConfigError(f"{keys.config} must be a config file path or a model, got {type(config).__name__}")
+    elif resolve_config_path(config, keys.config).endswith(".py"):
+        model = _lazy_teacher_model(resolve_config_path(config, keys.config), opts, keys).to(device)
+    else:
+        model = build_model(yacs_teacher_cfg(config, opts, weights, device, keys))
+    teacher = FrozenTeacher(model, dtype, keys)
+    load_teacher_weights(model, weights, keys)
+    return teacher
 
 
 class FrozenTeacher:
-    """Holds a teacher detector outside the student's module tree.
+    """Holds a teacher detector outside the student's module tree, and runs only its backbone and
+    box heads (never its RPN, mask head or postprocessing).
 
     Not an ``nn.Module`` on purpose: the student's checkpoints, optimizer and DDP wrapper never see
     the teacher, so a saved model is a plain student (resume rebuilds the teacher from its weights).
     """
 
-    def __init__(self, model: torch.nn.Module, input_format: str, student_format: str, dtype: str = "float32"):
-        if dtype not in _DTYPES:
-            raise ValueError(f"MODEL.TEACHER.DTYPE must be one of {sorted(_DTYPES)}, got {dtype!r}")
-        roi_heads = getattr(model, "roi_heads", None)
-        if not isinstance(roi_heads, StandardROIHeads) or not hasattr(roi_heads.box_predictor, "cls_score"):
-            raise ValueError("the teacher must be a Faster R-CNN with StandardROIHeads and a FastRCNNOutputLayers "
-                             f"box predictor; got ROI heads {type(roi_heads).__name__}")
-        formats = {input_format, student_format}
-        if input_format != student_format and formats != {"RGB", "BGR"}:
-            raise ValueError(f"teacher INPUT.FORMAT {input_format!r} and student INPUT.FORMAT {student_format!r} "
-                             "cannot be converted into each other (only RGB <-> BGR)")
+    def __init__(self, model: torch.nn.Module, dtype: str = "float32", keys: TeacherKeys = YACS_KEYS):
+        self.dtype = check_dtype(dtype, keys)
+        self.stages = teacher_stages(model)
         self.model = model.eval().requires_grad_(False)
-        self.flip_channels = input_format != student_format
-        self.dtype = _DTYPES[dtype]
+        self.flip_channels = False
 
     @classmethod
     def from_student_cfg(cls, student_cfg: CfgNode) -> "FrozenTeacher":
-        cfg = teacher_cfg_from(student_cfg)
-        model = build_model(cfg)
-        load_teacher_weights(model, cfg.MODEL.WEIGHTS)
-        return cls(model, cfg.INPUT.FORMAT, student_cfg.INPUT.FORMAT, student_cfg.MODEL.TEACHER.DTYPE)
+        t = student_cfg.MODEL.TEACHER
+        return build_teacher(t.CONFIG_FILE, t.WEIGHTS, t.DTYPE, t.OPTS, student_cfg.MODEL.DEVICE, YACS_KEYS)
 
     @property
     def num_classes(self) -> int:
         return self.model.roi_heads.num_classes
+
+    @property
+    def family(self) -> str:
+        return family_name(self.model.roi_heads)
+
+    def take_inputs_of(self, student_format: Optional[str]) -> None:
+        """Accept images in the student's channel order, flipping them where the teacher's differs."""
+        teacher_format = self.model.input_format
+        if teacher_format != student_format and {teacher_format, student_format} != {"RGB", "BGR"}:
+            raise ConfigError(f"teacher input format {teacher_format!r} and student input format {student_format!r} "
+                              "(INPUT.FORMAT, or input_format of a lazy model) cannot be converted into each "
+                              "other (only RGB <-> BGR)")
+        self.flip_channels = teacher_format != student_format
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -153,21 +249,25 @@ class FrozenTeacher:
         return torch.autocast(device_type=self.model.device.type, dtype=self.dtype)
 
     @torch.no_grad()
-    def box_logits(self, batched_inputs: List[Dict], boxes: List[Boxes]) -> torch.Tensor:
-        """Class logits (R, C+1) of the teacher's box head on the given per-image boxes, in the
-        coordinates of the images in ``batched_inputs`` (the student's resized inputs)."""
-        m = self.model
-        images = [x["image"].to(m.device) for x in batched_inputs]
+    def features(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
+        """The teacher's box-head input features for the images of ``batched_inputs`` (the student's
+        resized inputs), preprocessed with the teacher's own pixel mean, std and padding."""
         if self.flip_channels:
-            images = [x.flip(0) for x in images]
-        images = [(x - m.pixel_mean) / m.pixel_std for x in images]
-        images = ImageList.from_tensors(images, m.backbone.size_divisibility)
-        heads = m.roi_heads
+            batched_inputs = [{"image": x["image"].flip(0)} for x in batched_inputs]
+        images = self.model.preprocess_image(batched_inputs)
         with self._autocast():
-            features = m.backbone(images.tensor)
-            pooled = heads.box_pooler([features[f] for f in heads.box_in_features], boxes)
+            features = self.model.backbone(images.tensor)
+        return [features[f] for f in self.model.roi_heads.box_in_features]
+
+    @torch.no_grad()
+    def box_logits(self, features: List[torch.Tensor], boxes: List[Boxes], stage: int = 0) -> torch.Tensor:
+        """Class logits (R, C+1) of the teacher's box head of ``stage`` on the given per-image boxes, in
+        the coordinates of the images ``features`` came from."""
+        heads, head = self.model.roi_heads, self.stages[stage]
+        with self._autocast():
+            pooled = heads.box_pooler(features, boxes)
             # Only the class scores are needed, so the box-regression layer is skipped.
-            scores = heads.box_predictor.cls_score(torch.flatten(heads.box_head(pooled), 1))
+            scores = head.predictor.cls_score(torch.flatten(head.box_head(pooled), 1))
         return scores.float()
 
     def apply(self, fn) -> None:
