@@ -21,8 +21,8 @@ from topkd_det.classification.engine import Trainer
 from topkd_det.classification.models import build_model
 from topkd_det.core import LossOptionError, build_loss
 
-TOOLS = {name: load_tool(name) for name in ("train_cls", "train_net", "demo", "convert_torchvision_to_d2",
-                                            "multiseed")}
+TOOLS = {name: load_tool(name) for name in ("train_cls", "train_net", "lazyconfig_train_net", "demo",
+                                            "convert_torchvision_to_d2", "multiseed")}
 
 
 @dataclass
@@ -232,6 +232,23 @@ DET_CASES = [
 ]
 
 
+def lazy(*overrides):
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "embedded" / "topkd.py")
+    return lambda ctx, out: ("lazyconfig_train_net", ["--config-file", config, f"train.output_dir={out}", *overrides])
+
+
+LAZY_CASES = [
+    Case("lazy_no_config_file", lambda ctx, out: ("lazyconfig_train_net", [f"train.output_dir={out}"]), 2,
+         fixed("--config-file is required")),
+    Case("lazy_misspelt_key", lazy("train.max_iters=3"), 2,
+         fixed("the config has no key 'train.max_iters'", "write +train.max_iters=3"), ("config.yaml",)),
+    Case("lazy_k_too_large", lazy("model.distill_loss.options.topkd.k=12"), 2,
+         fixed("model.distill_loss.options.topkd.k=12 is invalid for C=25"), ("config.yaml",)),
+    Case("lazy_negative_temperature", lazy("model.distill_loss.options.topkd.temperature=-0.2"), 2,
+         fixed("model.distill_loss.options.topkd.temperature must be > 0"), ("config.yaml",)),
+]
+
+
 # --- tools/demo.py and tools/convert_torchvision_to_d2.py -------------------------------------------------
 def demo(*argv):
     return lambda ctx, out: ("demo", ["--output", str(out), "--data-root", str(out / "data"), *argv])
@@ -263,7 +280,7 @@ OTHER_CASES = [
          lambda ctx, out: [f"output folder '{out / 'no/such/dir'}' does not exist"]),
 ]
 
-CASES = API_CASES + CLS_CASES + DET_CASES + OTHER_CASES
+CASES = API_CASES + CLS_CASES + DET_CASES + LAZY_CASES + OTHER_CASES
 
 
 @pytest.fixture(scope="module")
@@ -299,7 +316,8 @@ def ctx(tmp_path_factory, det_run_names):
 
     c["det_yaml"] = det_config(tmp, det_run_names, max_iter=1)
     c["det_student_yaml"] = det_config(tmp, det_run_names, method="none", max_iter=1)
-    c["truncated_det_weights"] = truncated_copy(tmp / "teacher_R18_c24.pth", tmp / "det_truncated.pth")
+    teacher_weights = next(tmp.glob("teacher_*.pth"))  # the one det_config wrote for the distillation run
+    c["truncated_det_weights"] = truncated_copy(teacher_weights, tmp / "det_truncated.pth")
     TOOLS["train_net"].cli(["--config-file", str(c["det_yaml"]), "OUTPUT_DIR", str(tmp / "det_prior")])
     c["det_prior"] = tmp / "det_prior"
 

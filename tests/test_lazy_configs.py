@@ -21,6 +21,7 @@ from topkd_det.detection.families import UnsupportedModelError, family_name
 from topkd_det.detection import lazy_engine
 from topkd_det.detection.lazy_engine import load_lazy_config, student_only
 from topkd_det.detection.teacher import model_zoo_config_file
+from topkd_det.resume_rules import ResumeRefused
 
 from conftest import load_tool
 
@@ -133,17 +134,27 @@ def test_a_lazy_python_teacher_config_with_overrides(tmp_path):
     (["train.max_iters=3"], r"override 'train.max_iters=3': the config has no key 'train.max_iters' "
                             r"\(train has: .*max_iter.*\); write \+train.max_iters=3 to add it"),
     (["train.max_iter"], r"override 'train.max_iter': give key=value"),
-    (["model.distill_loss.options.topkd.kk=3"], r"no key 'model.distill_loss.options.topkd.kk'"),
 ])
 def test_bad_overrides_name_the_override(opts, match):
     with pytest.raises(ConfigError, match=match):
         load_lazy_config(str(REPO / "configs/embedded/topkd.py"), opts)
 
 
+def test_loss_options_are_checked_by_the_loss_schema_under_their_lazy_path():
+    config = str(REPO / "configs/embedded/topkd.py")
+    no_data = ["dataloader.train.dataset.names=[]", "dataloader.test.dataset.names=[]"]
+    with pytest.raises(ValueError, match=r"unknown distillation option 'model.distill_loss.options.topkd.kk'"):
+        lazy_engine.setup(config, ["model.distill_loss.options.topkd.kk=3", *no_data])
+    # An option the config does not list takes its default, and may be set without '+'.
+    cfg = lazy_engine.setup(config, ["model.distill_loss.options.topkd.temperature=0.1", *no_data])
+    assert cfg.model.distill_loss.options.topkd.temperature == 0.1
+
+
 def test_overrides_may_set_lazy_call_arguments_and_add_keys_with_plus():
     cfg = load_lazy_config(str(REPO / "configs/embedded/topkd.py"),
-                           ["model.roi_heads.proposal_append_gt=False", "+train.seed=3", "train.max_iter=7"])
-    assert cfg.model.roi_heads.proposal_append_gt is False and cfg.train.seed == 3 and cfg.train.max_iter == 7
+                           ["model.roi_heads.proposal_append_gt=False", "+train.run_note=ablation", "train.max_iter=7"])
+    assert cfg.model.roi_heads.proposal_append_gt is False and cfg.train.run_note == "ablation"
+    assert cfg.train.max_iter == 7
 
 
 def test_unregistered_dataset_and_teacher_class_count_fail_before_the_run_folder(tmp_path):
@@ -187,7 +198,7 @@ def test_embedded_lazy_config_trains_resumes_and_evaluates(tiny_shapes, tmp_path
             "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
             "dataloader.train.mapper.augmentations.0.max_size=64",
             "dataloader.test.mapper.augmentations.0.short_edge_length=64",
-            "dataloader.test.mapper.augmentations.0.max_size=64"]
+            "dataloader.test.mapper.augmentations.0.max_size=64", "train.checkpointer.period=1"]
     steps = []
     original = SimpleTrainer.run_step
 
@@ -198,8 +209,10 @@ def test_embedded_lazy_config_trains_resumes_and_evaluates(tiny_shapes, tmp_path
     monkeypatch.setattr(SimpleTrainer, "run_step", counted)
     _run("--config-file", config, *opts, "train.max_iter=1")
     assert steps == [0]
-    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    # Plain types only (the config as flattened values), so a resume can read it with weights_only.
+    state = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)
     assert state["iteration"] == 0 and "trainer" in state  # optimizer and scheduler
+    assert state["config"]["train.seed"] == 0 and state["config"]["model.distill_loss.options.topkd.k"] == 5
     assert not any(k.startswith("teacher") for k in state["model"])
     # Student only: the checkpoint loads strictly into the plain student of the config.
     plain = instantiate(student_only(LazyConfig.load(str(config), "model")))
@@ -212,7 +225,53 @@ def test_embedded_lazy_config_trains_resumes_and_evaluates(tiny_shapes, tmp_path
     _run("--config-file", config, "--resume", *opts, "train.max_iter=2")
     assert steps == [1]  # continued at the next iteration, not from 0
 
+    # Another loss is another run: refused before anything is built, unless asked for, then recorded.
+    changed = [*opts, "train.max_iter=3", "model.distill_loss.options.topkd.k=4"]
+    with pytest.raises(ResumeRefused, match=r"cannot resume from .*model_final.pth: .*"
+                                            r"model.distill_loss.options.topkd.k: 5 -> 4"):
+        _run("--config-file", config, "--resume", *changed)
+    assert steps == [1]
+    _run("--config-file", config, "--resume", "--allow-config-change", *changed)
+    assert steps == [1, 2]
+    records = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    assert {"iteration": 1, "config_changes": {"model.distill_loss.options.topkd.k": [5, 4],
+                                               "train.max_iter": [2, 3]}} in records
+
+    # A damaged model_final.pth does not pass for a finished run: resumed from the newest intact
+    # checkpoint (the same iteration), it is written again.
+    final = out / "model_final.pth"
+    final.write_bytes(final.read_bytes()[:1000])
+    _run("--config-file", config, "--resume", *changed)
+    assert steps == [1, 2]
+    assert torch.load(final, map_location="cpu", weights_only=True)["iteration"] == 2
+
     # --eval-only builds the student alone: a missing teacher file does not matter.
     results = _run("--config-file", config, "--eval-only", *opts, "model.teacher.weights=/no/such/teacher.pth",
                    f"train.init_checkpoint={out / 'model_final.pth'}")
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75"}
+
+
+def test_lazy_resume_after_a_kill_is_bit_exact(tiny_shapes, tmp_path, monkeypatch):
+    """Two iterations in one go, against the same run cut off after its first checkpoint and resumed."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    teacher_weights = tmp_path / "teacher.pth"
+    torch.save({"model": build_model(load_config(REPO / "configs/embedded/teacher.yaml")).state_dict()},
+               teacher_weights)
+    out = tmp_path / "run"
+    args = ["--config-file", REPO / "configs/embedded/topkd.py",
+            f"dataloader.train.dataset.names={tiny_shapes['train']}", f"dataloader.test.dataset.names={tiny_shapes['val']}",
+            f"model.teacher.weights={teacher_weights}", f"train.output_dir={out}", "train.max_iter=2",
+            "train.checkpointer.period=1", "model.proposal_generator.post_nms_topk=[64,32]",
+            "model.roi_heads.batch_size_per_image=16", "dataloader.train.mapper.augmentations.0.short_edge_length=[64]",
+            "dataloader.train.mapper.augmentations.0.max_size=64",
+            "dataloader.test.mapper.augmentations.0.short_edge_length=64", "dataloader.test.mapper.augmentations.0.max_size=64"]
+    _run(*args)
+    uninterrupted = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    # The kill: the process died after writing model_0000000.pth, before anything else.
+    for name in ("model_0000001.pth", "model_final.pth"):
+        (out / name).unlink()
+    (out / "last_checkpoint").write_text("model_0000000.pth")
+    _run("--resume", *args)
+    resumed = torch.load(out / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)

@@ -24,6 +24,8 @@ lr_multiplier = L(WarmupParamScheduler)(
 )
 
 train = LazyConfig.load(model_zoo_config_file("common/train.py"), "train")
+# Reproducible by default: Detectron2 seeds every RNG with it, and it seeds the training data order.
+train.seed = 0
 train.max_iter = 180000
 train.checkpointer.period = 10000
 train.eval_period = 0

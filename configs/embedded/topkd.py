@@ -71,6 +71,8 @@ lr_multiplier = L(WarmupParamScheduler)(
 )
 
 train = LazyConfig.load(model_zoo_config_file("common/train.py"), "train")
+# Reproducible by default: Detectron2 seeds every RNG with it, and it seeds the training data order.
+train.seed = 0
 train.max_iter = 400
 train.device = "cpu"
 train.output_dir = "output/demo/topkd_lazy"

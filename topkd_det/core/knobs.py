@@ -21,10 +21,12 @@ class LossOptionError(ValueError):
 
 
 def option_namer(config_prefix: Optional[str] = None) -> Callable[[Path], str]:
-    """``('topkd', 'k')`` -> ``topkd.k`` (API) or ``<PREFIX>.TOPKD.K`` (a config node mounted at PREFIX)."""
+    """``('topkd', 'k')`` -> ``topkd.k`` (API), ``<PREFIX>.TOPKD.K`` (a yacs node mounted at an upper-case
+    PREFIX) or ``<prefix>.topkd.k`` (a lower-case LazyConfig path)."""
     if config_prefix is None:
         return lambda path: ".".join(path)
-    return lambda path: ".".join([config_prefix, *(p.upper() for p in path)])
+    upper = config_prefix.isupper()
+    return lambda path: ".".join([config_prefix, *(p.upper() if upper else p for p in path)])
 
 
 def _describe(value: Any) -> str:

@@ -5,14 +5,22 @@ checkpoints and evaluation. ``tools/lazyconfig_train_net.py`` is the command lin
 
 Keys read besides Detectron2's (``configs/common/train.py``): ``train.clip_gradients``, a dict with
 ``SOLVER.CLIP_GRADIENTS``'s keys in lower case (``enabled``, ``clip_type``, ``clip_value``,
-``norm_type``), as Detectron2's lazy path has no gradient clipping of its own.
+``norm_type``), as Detectron2's lazy path has no gradient clipping of its own; ``train.seed``, which
+Detectron2's ``default_setup`` seeds with, also seeds the training data order.
+
+Resuming follows the yacs path's rules (``resume.py``): atomic checkpoints that store the config, a
+refused resume under a config that changes the result (``--allow-config-change`` records it), a
+fallback past damaged checkpoints, restored RNG states, and a data stream that continues where the
+checkpoint stopped when ``dataloader.train`` is Detectron2's ``build_detection_train_loader`` without
+a sampler of its own.
 """
 import copy
 import logging
-from typing import Dict, Sequence
+from typing import Any, Dict, Sequence
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import LazyConfig, get_cfg, instantiate
+from detectron2.data import build_detection_train_loader
+from detectron2.data.samplers import TrainingSampler
 from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
@@ -23,13 +31,24 @@ from detectron2.utils.registry import locate
 from omegaconf import DictConfig, OmegaConf
 
 from ..config_io import ConfigError
+from ..resume_rules import ResumeRules, check_resume, flatten
+from ..rng import rng_state
+from .checkpoint import AtomicCheckpointer, newest_readable_checkpoint
 from .datasets import check_class_count, check_dataset_files, check_dataset_registered, register_builtin_synthetic
 from .engine import ProgressBar
-from .meta_arch import DistillRCNN
+from .meta_arch import DistillRCNN, build_distill_loss
+from .resume import (ContinuingSampler, DeferredLoader, peek_checkpoint, resume_from, rewrite_unreadable_final,
+                     stored_fingerprint, teacher_digest)
 from .teacher import LAZY_KEYS, build_teacher, check_dtype, check_teacher_cfg, resolve_config_path, yacs_teacher_cfg
 
 logger = logging.getLogger(__name__)
 _ABSENT = object()
+# As the yacs path's RESUME_RULES: only where and how often files are written, and what evaluation
+# runs on, may change on resume; train.max_iter is the schedule's length.
+LAZY_RESUME_RULES = ResumeRules("train.max_iter", ("train.output_dir", "train.checkpointer.", "train.eval_period",
+                                                   "train.log_period", "dataloader.test.", "dataloader.evaluator."),
+                                "iterations")
+LOSS_OPTIONS_KEY = "model.distill_loss.options"
 OWN_DATA_HINT = ("register it in the config file with detectron2.data.datasets.register_coco_instances(name, "
                  "{}, json_file, image_root) and name it in dataloader.*.dataset.names")
 
@@ -42,12 +61,13 @@ def _target(node):
 def check_override_keys(cfg: DictConfig, opts: Sequence[str]) -> None:
     """Every ``key=value`` names a key the config has, or an argument of a lazy call (whose
     defaults configs leave out); a misspelt ``train.max_iters=...`` would otherwise be added silently.
-    ``+key=value`` adds a key on purpose, as in Hydra."""
+    ``+key=value`` adds a key on purpose, as in Hydra. Loss options (below ``model.distill_loss.options``)
+    may be set whether the config lists them or not: the loss's own schema checks their names."""
     for opt in opts:
         if "=" not in opt:
             raise ConfigError(f"override {opt!r}: give key=value (Detectron2's LazyConfig overrides)")
         key = opt.split("=", 1)[0]
-        if key.startswith("+"):
+        if key.startswith("+") or key.startswith(LOSS_OPTIONS_KEY + "."):
             continue
         parent, _, _ = key.rpartition(".")
         parent_node = OmegaConf.select(cfg, parent, default=_ABSENT) if parent else cfg
@@ -104,15 +124,79 @@ def check_teacher(cfg: DictConfig) -> None:
         check_teacher_cfg(teacher_cfg, cfg.model.roi_heads.num_classes, "model.roi_heads.num_classes", LAZY_KEYS)
 
 
+def check_distill_loss(cfg: DictConfig) -> None:
+    """A ``build_distill_loss`` node's options, named by their lazy path, checked before anything is built."""
+    node = cfg.model.get("distill_loss") if _target(cfg.model) is DistillRCNN else None
+    if _target(node) is build_distill_loss:
+        options = OmegaConf.to_container(node.get("options") or OmegaConf.create({}), resolve=True)
+        build_distill_loss(options, cfg.model.roi_heads.num_classes, config_prefix=LOSS_OPTIONS_KEY)
+
+
 def setup(config_file: str, opts: Sequence[str], args=None) -> DictConfig:
     """Load and check the config; with ``args``, then Detectron2's ``default_setup`` (logging, the
-    config dump, seeding). Every check runs before the dump, so a bad config leaves no run folder."""
+    config dump, seeding). Every check runs before the dump, so a bad config leaves no run folder; so
+    does the resume check (``--resume``)."""
     cfg = load_lazy_config(config_file, opts)
+    check_distill_loss(cfg)
     check_datasets(cfg)
     check_teacher(cfg)
     if args is not None:
+        if args.resume and not args.eval_only:
+            check_resume_config(cfg, getattr(args, "allow_config_change", False))
         default_setup(cfg, args)
     return cfg
+
+
+def _plain(value: Any) -> Any:
+    """A config value as a type a ``weights_only`` checkpoint stores: callables by their import path."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def run_fingerprint(cfg: DictConfig) -> Dict[str, Any]:
+    """The flattened, resolved config as plain values, plus the digest of a local teacher weights file."""
+    out = {key: _plain(value) for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
+    teacher = cfg.model.get("teacher") if _target(cfg.model) is DistillRCNN else None
+    if _target(teacher) is build_teacher:
+        out.update(teacher_digest(teacher.get("weights")))
+    return out
+
+
+def check_resume_config(cfg: DictConfig, allow_change: bool = False) -> None:
+    """Before anything is built: refuse to resume ``train.output_dir``'s run under a config that changes
+    the result (``ResumeRefused``); nothing to check without a checkpoint."""
+    path = newest_readable_checkpoint(cfg.train.output_dir)
+    if path is not None:
+        state = peek_checkpoint(path)
+        stored, current = stored_fingerprint(state, run_fingerprint(cfg))
+        check_resume(stored, current, LAZY_RESUME_RULES, state.get("iteration", -1) + 1, path, allow_change)
+
+
+def continuing_train_loader(loader_cfg: DictConfig, seed: int):
+    """``dataloader.train`` whose sampler continues, after a resume, where the checkpoint stopped (see
+    ``resume.continuing_train_loader``). Another loader, or one with its own sampler, is built as it is
+    and restarts its stream on resume (logged)."""
+    if _target(loader_cfg) is not build_detection_train_loader or loader_cfg.get("sampler") is not None:
+        logger.warning("dataloader.train is not build_detection_train_loader with its default sampler: a resumed "
+                       "run restarts its data stream")
+        return instantiate(loader_cfg)
+    kwargs = {key: instantiate(value) for key, value in loader_cfg.items() if key != "_target_"}
+    dataset = kwargs.pop("dataset")
+    per_process = kwargs["total_batch_size"] // comm.get_world_size()
+    stream_seed = seed if seed is not None and seed >= 0 else None
+
+    def build(start_iter: int):
+        sampler = ContinuingSampler(TrainingSampler(len(dataset), seed=stream_seed), start_iter * per_process)
+        return build_detection_train_loader(dataset, sampler=sampler, **kwargs)
+
+    return DeferredLoader(build)
 
 
 def student_only(model_cfg: DictConfig) -> DictConfig:
@@ -156,33 +240,47 @@ def evaluate_student(cfg: DictConfig, resume: bool = False) -> Dict:
     model = instantiate(student_only(cfg.model))
     model.to(cfg.train.device)
     model = create_ddp_model(model)
-    DetectionCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
-                                                                               resume=resume)
+    AtomicCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
+                                                                            resume=resume)
     return evaluate_model(cfg, model)
 
 
-def train(cfg: DictConfig, resume: bool = False) -> None:
+def train(cfg: DictConfig, resume: bool = False, allow_config_change: bool = False) -> None:
+    out = cfg.train.output_dir
+    fingerprint = run_fingerprint(cfg)  # before the optimizer node holds the built model
     model = instantiate(cfg.model)
     logger.info("Model:\n%s", model)
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
     optimizer = with_gradient_clipping(instantiate(cfg.optimizer), cfg.train.get("clip_gradients"))
-    loader = instantiate(cfg.dataloader.train)
+    loader = continuing_train_loader(cfg.dataloader.train, cfg.train.get("seed", -1))
     model = create_ddp_model(model, **cfg.train.ddp)
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, loader, optimizer)
+    history = []
+
+    def checkpoint_state():
+        return {"config": fingerprint, "config_changes": history, "rng": rng_state(),
+                "world_size": comm.get_world_size()}
+
     # The teacher is not a submodule, so checkpoints hold the student only.
-    checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer = AtomicCheckpointer(model, out, trainer=trainer, extra_state=checkpoint_state)
     main = comm.is_main_process()
     trainer.register_hooks([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
         hooks.EvalHook(cfg.train.eval_period, lambda: evaluate_model(cfg, model)),
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+        hooks.PeriodicWriter(default_writers(out, cfg.train.max_iter),
                              period=cfg.train.log_period) if main else None,
         ProgressBar(),
     ])
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
-    # The checkpoint holds the iteration that finished, so training goes on at the next one.
-    start_iter = trainer.iter + 1 if resume and checkpointer.has_checkpoint() else 0
+    loaded = resume_from(checkpointer, out, fingerprint, LAZY_RESUME_RULES, allow_config_change, None, resume)
+    if loaded is None:
+        checkpointer.load(cfg.train.init_checkpoint, checkpointables=[])
+        start_iter = 0
+    else:
+        history.extend(loaded.config_changes)
+        # The checkpoint holds the iteration that finished, so training goes on at the next one.
+        start_iter = trainer.iter + 1
+        rewrite_unreadable_final(checkpointer, out, trainer.iter, cfg.train.max_iter)
     trainer.train(start_iter, cfg.train.max_iter)

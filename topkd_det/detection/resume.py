@@ -29,7 +29,7 @@ import json
 import logging
 import os
 from itertools import islice
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional
 
 import torch
 from detectron2.config import CfgNode, get_cfg
@@ -60,14 +60,20 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(path)
 
 
+def teacher_digest(weights: Optional[str]) -> Dict[str, str]:
+    """``{TEACHER_DIGEST: sha256}`` of a local teacher weights file (a teacher retrained at the same
+    path makes another run); nothing for a URL or no file."""
+    if not weights or not os.path.isfile(weights):
+        return {}
+    stat = os.stat(weights)
+    return {TEACHER_DIGEST: _digest(os.path.abspath(weights), stat.st_size, stat.st_mtime_ns)}
+
+
 def run_fingerprint(cfg: CfgNode) -> Dict[str, Any]:
-    """What identifies a run: its flattened config, and the content of a local teacher weights file
-    (a teacher retrained at the same path makes another run)."""
+    """What identifies a run: its flattened config, and the content of a local teacher weights file."""
     out = flatten(cfg.dump())
-    weights = cfg.MODEL.TEACHER.WEIGHTS
-    if cfg.MODEL.META_ARCHITECTURE == "DistillRCNN" and weights and os.path.isfile(weights):
-        stat = os.stat(weights)
-        out[TEACHER_DIGEST] = _digest(os.path.abspath(weights), stat.st_size, stat.st_mtime_ns)
+    if cfg.MODEL.META_ARCHITECTURE == "DistillRCNN":
+        out.update(teacher_digest(cfg.MODEL.TEACHER.WEIGHTS))
     return out
 
 
@@ -79,7 +85,7 @@ def _defaults() -> Dict[str, Any]:
     return flatten(cfg.dump())
 
 
-def _stored_fingerprint(state: Dict[str, Any], current: Dict[str, Any]):
+def stored_fingerprint(state: Dict[str, Any], current: Dict[str, Any]):
     """(stored, current) as ``check_resume`` compares them; stored is None without a stored config."""
     if "config" not in state:
         return None, current
@@ -89,7 +95,7 @@ def _stored_fingerprint(state: Dict[str, Any], current: Dict[str, Any]):
     return stored, current
 
 
-def _peek(path: str) -> Dict[str, Any]:
+def peek_checkpoint(path: str) -> Dict[str, Any]:
     """A checkpoint's small entries and its model tensors, without reading them (memory-mapped)."""
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return {k: state[k] for k in ("config", "fingerprints", "iteration", "model") if k in state}
@@ -101,9 +107,9 @@ def check_resume_config(cfg: CfgNode, allow_change: bool = False) -> List[Change
     path = newest_readable_checkpoint(cfg.OUTPUT_DIR)
     if path is None:
         return []
-    state = _peek(path)
+    state = peek_checkpoint(path)
     effective = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-    stored, current = _stored_fingerprint(state, run_fingerprint(effective))
+    stored, current = stored_fingerprint(state, run_fingerprint(effective))
     return check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path, allow_change,
                         _defaults())
 
@@ -171,6 +177,69 @@ def continuing_train_loader(cfg: CfgNode):
     return DeferredLoader(build)
 
 
+def restore_rng(extra: Dict[str, Any]) -> None:
+    """The RNG states a checkpoint stored, in a single-process run (the main process's only are stored)."""
+    world = comm.get_world_size()
+    if "rng" in extra and extra.get("world_size") == world == 1:
+        set_rng_state(extra["rng"])
+    elif world > 1:
+        logger.info("the checkpoint holds the main process's RNG states only; with %d processes they are "
+                    "not restored", world)
+
+
+def record_changes(output_dir: str, start_iter: int, changes: List[Change]) -> Dict[str, Any]:
+    """Config changes accepted with --allow-config-change, as a record appended to ``metrics.json``
+    (and returned, for the checkpoints' history)."""
+    record = {"iteration": start_iter - 1, "config_changes": {c.key: [c.old, c.new] for c in changes}}
+    if comm.is_main_process():
+        with open(os.path.join(output_dir, "metrics.json"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+    return record
+
+
+def rewrite_unreadable_final(checkpointer, output_dir: str, iteration: int, max_iter: int) -> None:
+    """A run resumed at its end whose ``model_final.pth`` is missing or damaged writes it again (the
+    uninterrupted run would have written it from exactly this state) instead of passing for finished."""
+    final = os.path.join(output_dir, FINAL)
+    if iteration + 1 >= max_iter and comm.is_main_process():
+        problem = torch_file_problem(final)
+        if problem is not None:
+            logger.warning("%s %s although the run reached iteration %d: writing it again", final, problem, max_iter)
+            checkpointer.save("model_final", iteration=iteration)
+
+
+class Resumed(NamedTuple):
+    extra: Dict[str, Any]  # what the checkpoint held besides the model and checkpointables
+    config_changes: List[Dict[str, Any]]  # the run's accepted config changes, this resume's included
+
+
+def resume_from(checkpointer, output_dir: str, fingerprint: Dict[str, Any], rules: ResumeRules,
+                allow_change: bool, defaults: Optional[Dict[str, Any]], resume: bool = True) -> Optional[Resumed]:
+    """Remove a killed run's orphan temp files, then (with ``resume``) load the newest readable
+    checkpoint of ``output_dir`` once its config agrees with ``fingerprint`` under ``rules`` and its
+    weights fit the model exactly; restore the RNG states and record accepted changes. None when there
+    is nothing to resume."""
+    if comm.is_main_process() and os.path.isdir(output_dir):
+        for path in remove_orphans(output_dir):
+            logger.warning("removed %s, left by a run killed while writing it", path)
+    path = newest_readable_checkpoint(output_dir) if resume else None
+    if path is None:
+        return None
+    state = peek_checkpoint(path)
+    stored, current = stored_fingerprint(state, fingerprint)
+    changes = check_resume(stored, current, rules, state.get("iteration", -1) + 1, path, allow_change, defaults)
+    # Detectron2 loads a checkpoint non-strictly (a log line per mismatch); a run's own must fit.
+    problem = mismatch(checkpointer.model.state_dict(), state.get("model", {}))
+    if problem:
+        raise CheckpointError(f"{path} does not fit the model of this config: {problem}")
+    extra = checkpointer.load(path)
+    restore_rng(extra)
+    history = list(extra.get("config_changes", []))
+    if changes:
+        history.append(record_changes(output_dir, extra.get("iteration", -1) + 1, changes))
+    return Resumed(extra, history)
+
+
 # --- the trainer mixin -------------------------------------------------------------------------------
 class ResumableTrainer:
     """Mixin for ``DefaultTrainer`` subclasses; see the module docstring."""
@@ -216,55 +285,19 @@ class ResumableTrainer:
     def resume_or_load(self, resume=True):
         """As ``DefaultTrainer.resume_or_load``, from the newest readable checkpoint, after checking its
         config; orphan temp files of a killed run are removed first."""
-        out = self.cfg.OUTPUT_DIR
-        if comm.is_main_process() and os.path.isdir(out):
-            for path in remove_orphans(out):
-                logger.warning("removed %s, left by a run killed while writing it", path)
-        path = newest_readable_checkpoint(out) if resume else None
-        if path is None:
+        loaded = resume_from(self.checkpointer, self.cfg.OUTPUT_DIR, self.fingerprint, RESUME_RULES,
+                             self.allow_config_change, _defaults(), resume)
+        if loaded is None:
             self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[])
             return
-        state = _peek(path)
-        stored, current = _stored_fingerprint(state, self.fingerprint)
-        changes = check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path,
-                               self.allow_config_change, _defaults())
-        # Detectron2 loads a checkpoint non-strictly (a log line per mismatch); a run's own must fit.
-        problem = mismatch(self.checkpointer.model.state_dict(), state.get("model", {}))
-        if problem:
-            raise CheckpointError(f"{path} does not fit the model of this config: {problem}")
-        extra = self.checkpointer.load(path)
         # The checkpoint holds the iteration that just finished.
         self.start_iter = self.iter + 1
-        self._restore_rng(extra)
-        self.config_changes = list(extra.get("config_changes", []))
-        if changes:
-            self._record(changes)
+        self.config_changes = loaded.config_changes
         if self.cfg.SEED < 0:
             logger.warning("SEED %d: the data order after this resume is a new random one; set SEED >= 0 "
                            "for a run that continues its order", self.cfg.SEED)
 
-    def _restore_rng(self, extra: Dict[str, Any]) -> None:
-        world = comm.get_world_size()
-        if "rng" in extra and extra.get("world_size") == world == 1:
-            set_rng_state(extra["rng"])
-        elif world > 1:
-            logger.info("the checkpoint holds the main process's RNG states only; with %d processes they are "
-                        "not restored", world)
-
-    def _record(self, changes: List[Change]) -> None:
-        record = {"iteration": self.start_iter - 1, "config_changes": {c.key: [c.old, c.new] for c in changes}}
-        self.config_changes.append(record)
-        if comm.is_main_process():
-            with open(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-
     def train(self):
-        final = os.path.join(self.cfg.OUTPUT_DIR, FINAL)
-        if self.start_iter >= self.max_iter and comm.is_main_process():
-            problem = torch_file_problem(final)
-            if problem is not None:
-                # The uninterrupted run would have written it from exactly this state.
-                logger.warning("%s %s although the run reached iteration %d: writing it again", final, problem,
-                               self.max_iter)
-                self.checkpointer.save("model_final", iteration=self.iter)
+        if self.start_iter >= self.max_iter:
+            rewrite_unreadable_final(self.checkpointer, self.cfg.OUTPUT_DIR, self.iter, self.max_iter)
         return super().train()
