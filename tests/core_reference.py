@@ -22,7 +22,7 @@ Sources each function was checked against:
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 EPS_COS = 1e-8  # spec §3
 EPS_NORMALIZE = 1e-12  # ASSUMPTION: torch.nn.functional.normalize's default eps (spec §5 is silent)

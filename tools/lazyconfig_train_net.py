@@ -17,11 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-
-from topkd_det.cli import add_debug_flag, run  # noqa: E402
-from topkd_det.detection import lazy_engine  # noqa: E402
-from topkd_det.resume_rules import ALLOW_FLAG  # noqa: E402
+from topkd_det.detection import lazy_engine, tool  # noqa: E402
 
 
 def main(args):
@@ -32,34 +28,22 @@ def main(args):
 
 
 def parser():
-    p = default_argument_parser(__doc__)
-    p.add_argument(ALLOW_FLAG, action="store_true",
-                   help="with --resume: accept config changes that alter the result, and record them")
-    return add_debug_flag(p)
+    return tool.argument_parser(__doc__)
 
 
 def parse_args(argv=None):
-    p = parser()
-    args = p.parse_args(argv)
-    if not args.config_file:
-        p.error("--config-file is required (a LazyConfig .py file, e.g. configs/embedded/topkd.py)")
-    return args
+    return tool.parse_args(parser(), argv, "a LazyConfig .py file, e.g. configs/embedded/topkd.py")
+
+
+def check(args):
+    cfg = lazy_engine.setup(args.config_file, args.opts)
+    if args.resume and not args.eval_only:
+        lazy_engine.check_resume_config(cfg, args.allow_config_change)
 
 
 def cli(argv=None):
-    """Parse, check the config in this process (so that its errors show before any worker starts),
-    then run ``main`` in ``--num-gpus`` processes; errors end as one line (``--debug``: traceback)."""
     args = parse_args(argv)
-
-    def start():
-        if args.num_gpus * args.num_machines > 1:
-            cfg = lazy_engine.setup(args.config_file, args.opts)
-            if args.resume and not args.eval_only:
-                lazy_engine.check_resume_config(cfg, args.allow_config_change)
-        return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                      dist_url=args.dist_url, args=(args,))
-
-    return run(start, debug=args.debug)
+    return tool.launch_checked(args, main, lambda: check(args))
 
 
 if __name__ == "__main__":

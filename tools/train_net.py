@@ -19,12 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detectron2.engine import default_argument_parser, launch  # noqa: E402
-
-from topkd_det.cli import add_debug_flag, run  # noqa: E402
-from topkd_det.detection import engine  # noqa: E402
+from topkd_det.detection import engine, tool  # noqa: E402
 from topkd_det.detection.resume import check_resume_config  # noqa: E402
-from topkd_det.resume_rules import ALLOW_FLAG  # noqa: E402
 
 
 def main(args):
@@ -37,38 +33,27 @@ def main(args):
 
 
 def parser():
-    p = default_argument_parser(__doc__)
+    p = tool.argument_parser(__doc__)
     p.add_argument("--eval-teacher", action="store_true", help="evaluate the teacher of the config alone")
     p.add_argument("--coco-dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
                    help="register a COCO-format dataset for DATASETS.TRAIN/TEST (repeatable); shorthand for an "
                         "entry of DATASETS.COCO_INSTANCES, which the dumped config.yaml keeps")
-    p.add_argument(ALLOW_FLAG, action="store_true",
-                   help="with --resume: accept config changes that alter the result, and record them")
-    return add_debug_flag(p)
+    return p
 
 
 def parse_args(argv=None):
-    p = parser()
-    args = p.parse_args(argv)
-    if not args.config_file:
-        p.error("--config-file is required (a Detectron2 YAML, e.g. configs/embedded/topkd.yaml)")
-    return args
+    return tool.parse_args(parser(), argv, "a Detectron2 YAML, e.g. configs/embedded/topkd.yaml")
+
+
+def check(args):
+    cfg = engine.setup_cfg(args.config_file, args.opts, coco_datasets=args.coco_dataset)
+    if args.resume and not args.eval_only:
+        check_resume_config(cfg, args.allow_config_change)
 
 
 def cli(argv=None):
-    """Parse, check the config in this process (so that its errors show before any worker starts),
-    then run ``main`` in ``--num-gpus`` processes; errors end as one line (``--debug``: traceback)."""
     args = parse_args(argv)
-
-    def start():
-        if args.num_gpus * args.num_machines > 1:
-            cfg = engine.setup_cfg(args.config_file, args.opts, coco_datasets=args.coco_dataset)
-            if args.resume and not args.eval_only:
-                check_resume_config(cfg, args.allow_config_change)
-        return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                      dist_url=args.dist_url, args=(args,))
-
-    return run(start, debug=args.debug)
+    return tool.launch_checked(args, main, lambda: check(args))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,12 @@ import hashlib
 import os
 import pickle
 import zipfile
-from typing import Any, List, Optional
+import logging
+from typing import Any, List, Optional, Sequence, Type
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 # Temporary files are ``<final name>.tmp.<pid>``: a kill leaves one behind, never a truncated final file.
 TMP_INFIX = ".tmp."
@@ -121,3 +124,20 @@ LOAD_ERRORS = (Exception,)
 def is_weights_only_refusal(err: BaseException) -> bool:
     """torch refused to unpickle an object that is not a tensor or a plain container (``weights_only``)."""
     return isinstance(err, pickle.UnpicklingError) and "Weights only load failed" in str(err)
+
+
+def first_readable_checkpoint(candidates: Sequence[str], error: Type[Exception], start_over: str) -> Optional[str]:
+    """The first of ``candidates`` (newest first) that is an intact torch file, with a warning naming the
+    damaged ones before it; None without candidates. When every one is damaged, ``error`` lists them,
+    followed by ``start_over`` (how to begin again), rather than silently starting over."""
+    problems = []
+    for path in candidates:
+        problem = torch_file_problem(path)
+        if problem is None:
+            if problems:
+                logger.warning("%s; resuming from %s instead", "; ".join(problems), path)
+            return path
+        problems.append(f"checkpoint {path} {problem}")
+    if problems:
+        raise error("; ".join(problems) + f": no readable checkpoint to resume from. {start_over}")
+    return None

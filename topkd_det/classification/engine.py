@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from ..files import file_sha256, remove_orphans, save_atomic, torch_file_problem, write_text_atomic
+from ..files import file_sha256, first_readable_checkpoint, remove_orphans, save_atomic, write_text_atomic
 from ..resume_rules import ResumeRules, check_resume, flatten
 from ..rng import rng_state, seed_everything, set_rng_state
 from .checkpoint import WeightsError, check_fits, load_file
@@ -257,18 +257,8 @@ class Trainer:
         numbered = sorted((int(m.group(1)), name) for name in os.listdir(self.out) if (m := _NUMBERED.match(name)))
         candidates = [os.path.join(self.out, n) for n in [LAST_CHECKPOINT] + [n for _, n in reversed(numbered)]]
         candidates = [p for p in candidates if os.path.isfile(p)]
-        problems = []
-        for path in candidates:
-            problem = torch_file_problem(path)
-            if problem is None:
-                if problems:
-                    logger.warning("%s; resuming from %s instead", "; ".join(problems), path)
-                return path
-            problems.append(f"checkpoint {path} {problem}")
-        if problems:
-            raise WeightsError("; ".join(problems) + ": no readable checkpoint to resume from. Start the run over "
-                               "without --resume (after moving these files away), or use another OUTPUT_DIR")
-        return None
+        return first_readable_checkpoint(candidates, WeightsError, "Start the run over without --resume (after "
+                                         "moving these files away), or use another OUTPUT_DIR")
 
     def resume(self, allow_config_change: bool = False) -> bool:
         """Continue from ``OUTPUT_DIR/last.pth`` (or the newest readable checkpoint) if there is one and it

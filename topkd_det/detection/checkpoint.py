@@ -11,16 +11,14 @@ nothing private of Detectron2 or fvcore is called, so it behaves the same on Det
   damaged, says so and falls back to the newest readable ``model_final.pth`` / ``model_<iter>.pth``.
 - ``load`` turns a damaged or foreign file into one ``CheckpointError`` naming it and the fix.
 """
-import logging
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..files import LOAD_ERRORS, save_atomic, torch_file_problem, unreadable_reason, write_text_atomic
-
-logger = logging.getLogger(__name__)
+from ..files import (LOAD_ERRORS, first_readable_checkpoint, save_atomic, torch_file_problem, unreadable_reason,
+                     write_text_atomic)
 
 LAST_CHECKPOINT_TAG = "last_checkpoint"  # fvcore's name for the file holding the newest checkpoint's name
 FINAL = "model_final.pth"
@@ -58,18 +56,8 @@ def newest_readable_checkpoint(save_dir: str) -> Optional[str]:
     """
     tagged = _tagged(save_dir)
     candidates = ([tagged] if tagged else []) + [p for p in checkpoint_files(save_dir) if p != tagged]
-    problems = []
-    for path in candidates:
-        problem = torch_file_problem(path)
-        if problem is None:
-            if problems:
-                logger.warning("%s; resuming from %s instead", "; ".join(problems), path)
-            return path
-        problems.append(f"checkpoint {path} {problem}")
-    if problems:
-        raise CheckpointError("; ".join(problems) + ": no readable checkpoint to resume from. Train from scratch "
-                              "without --resume (after moving these files away), or use another OUTPUT_DIR")
-    return None
+    return first_readable_checkpoint(candidates, CheckpointError, "Train from scratch without --resume (after "
+                                     "moving these files away), or use another OUTPUT_DIR")
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
