@@ -212,6 +212,19 @@ def test_bfloat16_teacher_matches_float32(tmp_path, teacher_files):
     assert torch.allclose(a, b, atol=0.05 * a.abs().max().item())
 
 
+def test_float32_teacher_stays_float32_inside_the_students_autocast(tmp_path, teacher_files):
+    """SOLVER.AMP.ENABLED runs the student under autocast; a float32 teacher must not follow it down."""
+    teacher = build_model(distill_cfg(tmp_path, "kd", teacher=teacher_files)).teacher
+    inputs = batch(1)
+    boxes = [inputs[0]["instances"].gt_boxes]
+    plain = teacher.box_logits(teacher.features(inputs), boxes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        features = teacher.features(inputs)
+        inside = teacher.box_logits(features, boxes)
+    assert all(f.dtype == torch.float32 for f in features)
+    assert torch.equal(plain, inside)
+
+
 def test_unknown_teacher_dtype(tmp_path, teacher_files):
     cfg = distill_cfg(tmp_path, "kd", teacher=teacher_files)
     cfg.MODEL.TEACHER.DTYPE = "int8"

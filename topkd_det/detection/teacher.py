@@ -1,5 +1,4 @@
 """A frozen Detectron2 teacher that scores given ROIs with its box heads, and nothing else."""
-import contextlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -244,9 +243,12 @@ class FrozenTeacher:
         self.flip_channels = teacher_format != student_format
 
     def _autocast(self):
+        # Always an explicit region: a float32 teacher must stay float32 inside the student's AMP
+        # autocast (SOLVER.AMP.ENABLED), not silently drop to the student's half precision.
+        device_type = self.model.device.type
         if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.model.device.type, dtype=self.dtype)
+            return torch.autocast(device_type=device_type, enabled=False)
+        return torch.autocast(device_type=device_type, dtype=self.dtype)
 
     @torch.no_grad()
     def features(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
