@@ -2,19 +2,22 @@
 """Training-step cost of distillation in detection, measured side by side in one run, per model family.
 
     python benchmarks/bench_det_step.py                       # embedded configs (CPU-sized), every family
-    python benchmarks/bench_det_step.py --pair R101_R18 --device cuda --size 800 --batch 8 --families faster
+    python benchmarks/bench_det_step.py --pair R101_R18 --device cuda --size 800 --width 1067 --batch 2 \
+        --families faster --teacher-dtypes float32 bfloat16 --student-amp off on
 
-For each family (Faster, Mask and Cascade R-CNN; teacher and student of the same family), rows
-interleaved round by round so that machine noise hits all alike:
-  student         the student alone: forward + backward + SGD step
+For each family (Faster, Mask and Cascade R-CNN; teacher and student of the same family), teacher
+dtype (MODEL.TEACHER.DTYPE) and student precision (Detectron2's AMPTrainer, as SOLVER.AMP.ENABLED
+trains, or its SimpleTrainer), rows interleaved round by round so that machine noise hits all alike:
+  student         the student alone: one trainer step (forward, backward, metrics, SGD step)
   teacher fwd     the frozen teacher alone: backbone once + its box head(s) on the ROIs of every
                   student stage (what DistillRCNN asks of it)
-  KD / TopKD      the DistillRCNN step with that loss
+  KD / TopKD      the DistillRCNN trainer step with that loss
 The ratio distill / (student + teacher fwd) shows the overhead of running them together (the goal
-is <= 1.10). On CUDA the peak memory above the weights is reported too; the teacher runs under
+is <= 1.05). On CUDA the peak memory above the weights is reported too; the teacher runs under
 no_grad, so it should add no activation memory for backward.
 """
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
@@ -25,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import AMPTrainer, SimpleTrainer  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
@@ -82,21 +86,23 @@ def random_teacher(cfg, out_dir: Path):
     return str(config_file), str(weights)
 
 
-def batch(n, size, num_classes, device, seed=0):
+def batch(n, height, width, num_classes, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     out = []
+    scale = torch.tensor([width, height], dtype=torch.float32)
     for _ in range(n):
-        inst = Instances((size, size))
-        xy = torch.rand(4, 2, generator=g) * size * 0.6
-        wh = (0.1 + 0.3 * torch.rand(4, 2, generator=g)) * size
-        inst.gt_boxes = Boxes(torch.cat([xy, xy + wh], 1).clamp(max=size - 1))
+        inst = Instances((height, width))
+        xy = torch.rand(4, 2, generator=g) * scale * 0.6
+        wh = (0.1 + 0.3 * torch.rand(4, 2, generator=g)) * scale
+        boxes = torch.cat([xy, xy + wh], 1)
+        inst.gt_boxes = Boxes(torch.min(boxes, torch.cat([scale, scale]) - 1))
         inst.gt_classes = torch.randint(0, num_classes, (4,), generator=g)
-        masks = torch.zeros(4, size, size, dtype=torch.bool)
+        masks = torch.zeros(4, height, width, dtype=torch.bool)
         for i, (x0, y0, x1, y1) in enumerate(inst.gt_boxes.tensor.long().tolist()):
             masks[i, y0:y1, x0:x1] = True
         inst.gt_masks = BitMasks(masks)
-        out.append({"image": (torch.rand(3, size, size, generator=g) * 255).to(device), "instances": inst,
-                    "height": size, "width": size})
+        out.append({"image": (torch.rand(3, height, width, generator=g) * 255).to(device), "instances": inst,
+                    "height": height, "width": width})
     return out
 
 
@@ -105,28 +111,25 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def train_step(model, optimizer, inputs):
-    losses = model(inputs)
-    optimizer.zero_grad(set_to_none=True)
-    sum(losses.values()).backward()
-    optimizer.step()
+def trainer_for(model, inputs, amp):
+    """Detectron2's own training step on the same batch again and again: AMPTrainer is what
+    SOLVER.AMP.ENABLED trains with, SimpleTrainer the full-precision default."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
+    trainer_class = AMPTrainer if amp else SimpleTrainer
+    return trainer_class(model, itertools.repeat(inputs), optimizer)
 
 
-def measure(args, family):
-    """Median times (s) and CUDA peaks (MiB) of the four rows for one family."""
-    with tempfile.TemporaryDirectory() as tmp:
-        teacher_files = random_teacher(student_cfg(args.pair, args.device, family, method="kd"), Path(tmp))
-        models = {"student": build_model(student_cfg(args.pair, args.device, family))}
-        for method in ("kd", "topkd"):
-            cfg = student_cfg(args.pair, args.device, family, *teacher_files, method=method)
-            cfg.MODEL.TEACHER.DTYPE = args.teacher_dtype
-            models["KD" if method == "kd" else "TopKD"] = build_model(cfg)
+def measure(args, family, teacher_files, teacher_dtype, amp):
+    """Median times (s), CUDA peaks (MiB) of the four rows, and the ROIs per image the teacher scores."""
+    models = {"student": build_model(student_cfg(args.pair, args.device, family))}
+    for method in ("kd", "topkd"):
+        cfg = student_cfg(args.pair, args.device, family, *teacher_files, method=method)
+        cfg.MODEL.TEACHER.DTYPE = teacher_dtype
+        models["KD" if method == "kd" else "TopKD"] = build_model(cfg)
     num_classes = models["student"].roi_heads.num_classes
-    inputs = batch(args.batch, args.size, num_classes, args.device)
-    optimizers = {k: torch.optim.SGD(m.parameters(), lr=1e-4) for k, m in models.items()}
+    inputs = batch(args.batch, args.size, args.width or args.size, num_classes, args.device)
+    trainers = {k: trainer_for(m, inputs, amp) for k, m in models.items()}
     teacher = models["TopKD"].teacher
-    for m in models.values():
-        m.train()
 
     # The boxes of every student stage the teacher scores in one distillation step.
     calls = []
@@ -138,18 +141,17 @@ def measure(args, family):
 
     teacher.box_logits = capture
     with EventStorage(0):
-        train_step(models["TopKD"], optimizers["TopKD"], inputs)
+        trainers["TopKD"].run_step()
     teacher.box_logits = original
+    rois_per_image = sum(len(b) for boxes, _ in calls for b in boxes) / (len(calls) * len(inputs))
 
     def teacher_forward():
         features = teacher.features(inputs)
         for boxes, stage in calls:
             teacher.box_logits(features, boxes, stage)
 
-    runs = {"student": lambda: train_step(models["student"], optimizers["student"], inputs),
-            "teacher fwd": teacher_forward,
-            "KD": lambda: train_step(models["KD"], optimizers["KD"], inputs),
-            "TopKD": lambda: train_step(models["TopKD"], optimizers["TopKD"], inputs)}
+    runs = {"student": trainers["student"].run_step, "teacher fwd": teacher_forward,
+            "KD": trainers["KD"].run_step, "TopKD": trainers["TopKD"].run_step}
     times = {k: [] for k in runs}
     peaks = {}
     with EventStorage(0):
@@ -166,7 +168,7 @@ def measure(args, family):
                     times[name].append(time.perf_counter() - start)
                 if args.device.startswith("cuda") and r == args.warmup:
                     peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    return {k: statistics.median(v) for k, v in times.items()}, peaks
+    return {k: statistics.median(v) for k, v in times.items()}, peaks, rois_per_image
 
 
 def main():
@@ -174,25 +176,44 @@ def main():
     p.add_argument("--pair", default="embedded", choices=list(PAIRS))
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, default=128, help="image height (the short side)")
+    p.add_argument("--width", type=int, default=0, help="image width; 0: square")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--teacher-dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--teacher-dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--student-amp", nargs="+", default=["off"], choices=["off", "on"],
+                   help="on: Detectron2's AMPTrainer (float16 autocast + grad scaler; needs CUDA)")
+    p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args()
+    if "on" in args.student_amp and not args.device.startswith("cuda"):
+        p.error("--student-amp on needs --device cuda (Detectron2's AMPTrainer requires CUDA)")
     torch.manual_seed(0)
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.pair}: batch {args.batch} x {args.size} px on {where}; teacher dtype {args.teacher_dtype}; "
-          f"median of {args.repeats}\n")
-    print("| family | step | ms | ratio to student + teacher fwd | peak MiB |\n|---|---|---:|---:|---:|")
+    lines = [f"{args.pair}: batch {args.batch} x {args.size}x{args.width or args.size} px on {where}, torch "
+             f"{torch.__version__}; median of {args.repeats} steps after {args.warmup} warm-up rounds", "",
+             "| family | teacher dtype | student AMP | step | ms | ratio to student + teacher fwd | peak MiB | ROIs/img |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    print("\n".join(lines), flush=True)
     for family in args.families:
-        med, peaks = measure(args, family)
-        joint = med["student"] + med["teacher fwd"]
-        for name, t in med.items():
-            ratio = f"{t / joint:.2f}" if name in ("KD", "TopKD") else ""
-            peak = f"{peaks[name]:.0f}" if name in peaks else "n/a"
-            print(f"| {FAMILIES[family][0]} | {name} | {t * 1e3:.1f} | {ratio} | {peak} |", flush=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            teacher_files = random_teacher(student_cfg(args.pair, args.device, family, method="kd"), Path(tmp))
+            for teacher_dtype, amp in itertools.product(args.teacher_dtypes, args.student_amp):
+                med, peaks, rois = measure(args, family, teacher_files, teacher_dtype, amp == "on")
+                joint = med["student"] + med["teacher fwd"]
+                for name, t in med.items():
+                    ratio = f"{t / joint:.2f}" if name in ("KD", "TopKD") else ""
+                    peak = f"{peaks[name]:.0f}" if name in peaks else "n/a"
+                    line = (f"| {FAMILIES[family][0]} | {teacher_dtype} | {amp} | {name} | {t * 1e3:.1f} | {ratio} "
+                            f"| {peak} | {rois:.0f} |")
+                    lines.append(line)
+                    print(line, flush=True)
+                if args.device.startswith("cuda"):
+                    torch.cuda.empty_cache()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,17 @@
 """Forward+backward time of every distillation loss relative to KD, measured side by side.
 
     python benchmarks/bench_losses.py [--device cuda] [--repeats 30] [--out output/bench_losses.md]
+    python benchmarks/bench_losses.py --device cuda --compile --sizes 1024x81 8192x81
 
 For each (N, C) the losses run interleaved, round after round, so that machine noise hits all of
 them alike; the table reports each loss's median time divided by KD's median at the same size
 (and, on CUDA, peak memory above the inputs). Only the distillation terms are timed (CE off).
+``--compile`` adds two ``torch.compile`` variants of TopKD: its TSM and TDL functions compiled
+inside the eager loss, and the whole loss module compiled (graph breaks where it reads values on
+the host); the first call's compile time is reported separately and left out of the medians.
 """
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -17,24 +22,50 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from topkd_det.core import build_loss  # noqa: E402
+from topkd_det.core import losses as losses_module  # noqa: E402
 
+# (N, C): CIFAR-100 batch, ImageNet batch, and per-ROI logits of 2 and 16 COCO images (512 ROIs each).
 SIZES = [(64, 100), (512, 1000), (1024, 81), (8192, 81)]
 
 
-def losses_for(num_classes: int):
+class WithPatchedFunctions:
+    """A loss whose calls see some of ``topkd_det.core.losses``' functions replaced (compiled ones)."""
+
+    def __init__(self, loss, **functions):
+        self.loss, self.functions = loss, functions
+
+    def __call__(self, *args, **kwargs):
+        with contextlib.ExitStack() as stack:
+            for name, fn in self.functions.items():
+                original = getattr(losses_module, name)
+                setattr(losses_module, name, fn)
+                stack.callback(setattr, losses_module, name, original)
+            return self.loss(*args, **kwargs)
+
+
+def losses_for(num_classes: int, compiled: bool = False):
     k = min(10, (num_classes - 2) // 2)
     top = {"k": k}
-    return {
+    losses = {
         "KD": build_loss("kd", ce_weight=0.0),
         "DKD": build_loss("dkd", ce_weight=0.0),
         "DKD+LS": build_loss("dkd", ce_weight=0.0, logit_standardize=True),
+        "TTM": build_loss("ttm", ce_weight=0.0),
         "WTTM": build_loss("wttm", ce_weight=0.0),
         "GDKD": build_loss("gdkd", ce_weight=0.0),
+        "GDKD3": build_loss("gdkd3", ce_weight=0.0),
         "TopKD": build_loss("topkd", ce_weight=0.0, topkd=top),
         "TopKD (image scope, 8 groups)": build_loss("topkd", ce_weight=0.0, topkd=dict(top, scope="image")),
         "TopKD (max_rows 1024)": build_loss("topkd", ce_weight=0.0, topkd=dict(top, max_rows=1024)),
         "DKD+TSM+TDL": build_loss("dkd", ce_weight=0.0, topkd=top, plugin={"tsm": True, "tdl": True}),
     }
+    if compiled:
+        losses["TopKD, TSM+TDL compiled"] = WithPatchedFunctions(
+            build_loss("topkd", ce_weight=0.0, topkd=top),
+            tsm_from_topk=torch.compile(losses_module.tsm_from_topk),
+            tdl_from_partition=torch.compile(losses_module.tdl_from_partition))
+        losses["TopKD, whole loss compiled"] = torch.compile(build_loss("topkd", ce_weight=0.0, topkd=top))
+    return losses
 
 
 def _sync(device):
@@ -61,37 +92,52 @@ def peak_memory(loss, s, t, y, groups, device):
     return (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
 
 
-def run(device, repeats, warmup):
-    rows = []
-    for n, c in SIZES:
-        g = torch.Generator().manual_seed(0)
-        s = torch.randn(n, c, generator=g).to(device)
-        t = (3 * torch.randn(n, c, generator=g)).to(device)
-        y = torch.randint(0, c, (n,), generator=g).to(device)
-        groups = (torch.arange(n) * 8 // n).to(device)
-        losses = losses_for(c)
-        times = {name: [] for name in losses}
-        for _ in range(warmup):
-            for loss in losses.values():
-                time_once(loss, s, t, y, groups, device)
-        for _ in range(repeats):
-            for name, loss in losses.items():
-                times[name].append(time_once(loss, s, t, y, groups, device))
-        kd = statistics.median(times["KD"])
+def measure_size(n, c, device, repeats, warmup, compiled=False):
+    """Rows ``(size, loss, ms, ratio to KD, peak MiB)`` at one (N, C), and each compiled variant's first call (s)."""
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(n, c, generator=g).to(device)
+    t = (3 * torch.randn(n, c, generator=g)).to(device)
+    y = torch.randint(0, c, (n,), generator=g).to(device)
+    groups = (torch.arange(n) * 8 // n).to(device)
+    losses = losses_for(c, compiled)
+    times = {name: [] for name in losses}
+    compile_seconds = {}
+    for name, loss in losses.items():
+        first = time_once(loss, s, t, y, groups, device)
+        if "compiled" in name:
+            compile_seconds[name] = first
+    for _ in range(warmup):
+        for loss in losses.values():
+            time_once(loss, s, t, y, groups, device)
+    for _ in range(repeats):
         for name, loss in losses.items():
-            med = statistics.median(times[name])
-            rows.append((f"({n}, {c})", name, med * 1e3, med / kd, peak_memory(loss, s, t, y, groups, device)))
-        print(f"done ({n}, {c})", file=sys.stderr, flush=True)
-    return rows
+            times[name].append(time_once(loss, s, t, y, groups, device))
+    kd = statistics.median(times["KD"])
+    rows = []
+    for name, loss in losses.items():
+        med = statistics.median(times[name])
+        rows.append((f"({n}, {c})", name, med * 1e3, med / kd, peak_memory(loss, s, t, y, groups, device)))
+    return rows, compile_seconds
 
 
-def table(rows, device, threads):
-    head = (f"Device: {device} ({'%d threads' % threads if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
+def header(device, threads):
+    return (f"Device: {device} ({'%d threads' % threads if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
             f"torch {torch.__version__}. Median forward+backward; ratio = time / KD time at the same size.\n\n"
-            "| (N, C) | loss | ms | × KD | peak MiB |\n|---|---|---:|---:|---:|\n")
-    body = "".join(f"| {size} | {name} | {ms:.3f} | {ratio:.2f} | {'n/a' if mem is None else f'{mem:.1f}'} |\n"
-                   for size, name, ms, ratio, mem in rows)
-    return head + body
+            "| (N, C) | loss | ms | × KD | peak MiB |\n|---|---|---:|---:|---:|")
+
+
+def row_line(size, name, ms, ratio, mem):
+    return f"| {size} | {name} | {ms:.3f} | {ratio:.2f} | {'n/a' if mem is None else f'{mem:.1f}'} |"
+
+
+def size(text: str):
+    try:
+        n, c = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NxC (e.g. 1024x81)") from None
+    if n < 1 or c < 4:
+        raise argparse.ArgumentTypeError(f"{text!r}: need N >= 1 and C >= 4")
+    return n, c
 
 
 def main():
@@ -99,15 +145,29 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--sizes", nargs="+", type=size, default=SIZES, metavar="NxC",
+                   help="logit shapes (default: %(default)s)")
+    p.add_argument("--compile", action="store_true", help="add the torch.compile variants of TopKD")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args()
     device = torch.device(args.device)
-    text = table(run(device, args.repeats, args.warmup), device, torch.get_num_threads())
-    print(text)
+    # Each size's rows print as soon as they are measured, so a run stopped early keeps them.
+    lines = [header(device, torch.get_num_threads())]
+    print(lines[0], flush=True)
+    compile_lines = []
+    for n, c in args.sizes:
+        rows, compile_seconds = measure_size(n, c, device, args.repeats, args.warmup, args.compile)
+        for row in rows:
+            lines.append(row_line(*row))
+            print(lines[-1], flush=True)
+        compile_lines += [f"| ({n}, {c}) | {name} | {sec:.1f} |" for name, sec in compile_seconds.items()]
+    if compile_lines:
+        lines += ["", "First call of each compiled variant (compilation included):", "",
+                  "| (N, C) | variant | s |", "|---|---|---:|"] + compile_lines
+        print("\n".join(lines[-len(compile_lines) - 5:]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-
+        args.out.write_text("\n".join(lines) + "\n")
 
 if __name__ == "__main__":
     main()

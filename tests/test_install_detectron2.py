@@ -150,3 +150,21 @@ def test_target_needs_source(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         inst.main(["--target", str(tmp_path)])
     assert info.value.code == 2 and "--target needs --source" in capsys.readouterr().err
+
+
+# --- the default wheel for a machine without a package index (--wheel-dir) -----------------------------
+def test_wheel_dir_copies_the_cached_wheel_even_beside_an_installed_detectron2(tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    wheel = cache / f"detectron2-0.6-{inst.FIXES_VERSION}-py3-none-any.whl"
+    wheel.write_bytes(b"a cached wheel")
+    assert inst.existing_detectron2() is not None
+    assert inst.main(["--cache-dir", str(cache), "--wheel-dir", str(tmp_path / "wheels")]) == 0
+    assert (tmp_path / "wheels" / wheel.name).read_bytes() == b"a cached wheel"
+    assert "copied" in capsys.readouterr().out
+
+
+def test_wheel_dir_is_not_for_source_builds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        inst.main(["--source", str(tmp_path), "--wheel-dir", str(tmp_path / "w")])
+    assert info.value.code == 2 and "--wheel-dir is for the default build" in capsys.readouterr().err

@@ -484,10 +484,14 @@ def main(argv=None) -> int:
                         "(.tar.gz/.zip, e.g. GitHub's) or tree, with its compiled ops")
     parser.add_argument("--target", type=Path, help="with --source: install into this folder (to put on "
                         "PYTHONPATH) instead of the environment")
+    parser.add_argument("--wheel-dir", type=Path, help="put the default pure-Python wheel (built or cached) in "
+                        "this folder instead of installing it, for a machine without a package index")
     args = parser.parse_args(argv)
     log = lambda msg: print(f"[install_detectron2] {msg}", flush=True)  # noqa: E731
     if args.target is not None and args.source is None:
         parser.error("--target needs --source")
+    if args.wheel_dir is not None and args.source is not None:
+        parser.error("--wheel-dir is for the default build; --source installs the official one")
     if args.source is not None:
         try:
             install_from_source(args.source, args.target, args.cache_dir or default_cache_dir(), args.constraint, log)
@@ -497,7 +501,7 @@ def main(argv=None) -> int:
         return 0
 
     found = existing_detectron2()
-    if found and not args.force:
+    if found and not args.force and args.wheel_dir is None:
         log(f"Detectron2 is already importable from {found}; leaving it alone")
         return 0
     cache = args.cache_dir or default_cache_dir()
@@ -508,6 +512,11 @@ def main(argv=None) -> int:
             wheel = build_wheel(sdist, cache, log)
         else:
             log(f"using cached wheel {wheel}")
+        if args.wheel_dir is not None:
+            args.wheel_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(wheel, args.wheel_dir / wheel.name)
+            log(f"copied {wheel.name} to {args.wheel_dir}")
+            return 0
         cmd = [sys.executable, "-m", "pip", "install", "-q", str(wheel)]
         if args.constraint:
             cmd += ["-c", str(args.constraint)]

@@ -17,7 +17,7 @@ import logging
 import os
 import re
 import time
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -151,6 +151,31 @@ def _shard(dataset: Dataset, env: Env) -> Dataset:
 
 
 # --- trainer ---------------------------------------------------------------------------------------
+class TrainStep:
+    """One optimisation step on a batch: the distiller under autocast (``AMP.*``), backward through the
+    grad scaler (active for float16 only), the optimizer step. ``Trainer`` runs it on every batch;
+    benchmarks time it on its own."""
+
+    def __init__(self, distiller: nn.Module, optimizer: torch.optim.Optimizer, device_type: str,
+                 amp_enabled: bool, amp_dtype: str):
+        self.distiller, self.optimizer = distiller, optimizer
+        dtype = torch.bfloat16 if amp_dtype == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler(device_type, enabled=amp_enabled and amp_dtype == "fp16")
+        self.autocast = lambda: torch.autocast(device_type, dtype=dtype, enabled=amp_enabled)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor,
+                 progress: float) -> Tuple[torch.Tensor, Dict[str, torch.Tensor], torch.Tensor]:
+        """``(student logits, loss terms, their sum)`` of the batch, after the update."""
+        with self.autocast():
+            logits, losses = self.distiller(x, y, progress=progress)
+        loss = sum(losses.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logits, losses, loss
+
+
 class Trainer:
     """One training run of ``cfg`` (frozen CfgNode from ``load_cls_cfg``) in ``cfg.OUTPUT_DIR``."""
 
@@ -182,9 +207,8 @@ class Trainer:
         s = cfg.SOLVER
         self.optimizer = build_optimizer(cfg, self.student)
         self.scheduler = build_scheduler(cfg, self.optimizer)
-        amp_dtype = torch.bfloat16 if cfg.AMP.DTYPE == "bf16" else torch.float16
-        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=cfg.AMP.ENABLED and cfg.AMP.DTYPE == "fp16")
-        self.autocast = lambda: torch.autocast(self.env.device.type, dtype=amp_dtype, enabled=cfg.AMP.ENABLED)
+        self.step = TrainStep(self.distiller, self.optimizer, self.env.device.type, cfg.AMP.ENABLED, cfg.AMP.DTYPE)
+        self.scaler, self.autocast = self.step.scaler, self.step.autocast
 
         self.sampler = DistributedSampler(self.splits.train, num_replicas=self.env.world, rank=self.env.rank,
                                           shuffle=True, seed=cfg.SEED)
@@ -312,13 +336,7 @@ class Trainer:
                    dynamic_ncols=True, leave=False)
         for it, (x, y) in enumerate(self.train_loader):
             x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            with self.autocast():
-                logits, losses = self.distiller(x, y, progress=epoch + it / iters)
-            loss = sum(losses.values())
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            logits, losses, loss = self.step(x, y, progress=epoch + it / iters)
             values = {**losses, "loss": loss, **topk_correct(logits.detach().float(), y)}
             epoch_meters.add(len(y), **values)
             period_meters.add(len(y), **values)
