@@ -8,8 +8,9 @@
 # Compiled packages are downloaded for that Python on manylinux x86-64; the sdist-only ones (fvcore,
 # antlr4) are built here into pure-Python wheels. Needs `make setup` first (its Detectron2 wheel cache).
 set -euo pipefail
-DIR=${1:?usage: bash benchmarks/gpu_wheels.sh DIR [PYTHON_VERSION]}
+DIR=$(realpath -m "${1:?usage: bash benchmarks/gpu_wheels.sh DIR [PYTHON_VERSION]}")
 PYVER=${2:-3.12}
+cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 LOCK=requirements/lock.txt
 # What Detectron2 0.6, fvcore and iopath import beyond what a CUDA PyTorch image usually has (numpy,
