@@ -22,6 +22,17 @@ def load_tool(name: str):
     return module
 
 
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small-batch forwards gain nothing from intra-op threads, while OpenMP barriers on a busy 2-core
+    machine cost several times the work itself (measured: ~5x slower on 2 threads with other load).
+    Modules of such tests take it with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

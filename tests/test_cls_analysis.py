@@ -20,12 +20,7 @@ from topkd_det.classification.engine import Trainer
 TOOLS = ("transfer_probe", "tsne", "logit_correlation")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

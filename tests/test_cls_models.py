@@ -19,14 +19,7 @@ FMNIST = {"fmnist_teacher", "fmnist_student"}
 CANONICAL = [name for name in list_models() if MODEL_REGISTRY[name].__name__ == name]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """N=2 forwards gain nothing from intra-op threads, while OpenMP barriers on a busy machine
-    cost several times the work itself (measured: ~5x slower on 2 threads with other load)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _input(name: str, n: int = 2) -> torch.Tensor:

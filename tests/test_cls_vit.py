@@ -29,13 +29,7 @@ PUBLISHED_MILLIONS = {"deit_tiny": 5.7, "t2t_vit_7": 4.3, "pit_tiny": 4.9, "pvt_
 TIMM_TWINS = {"deit_tiny": "deit_tiny_patch16_224", "pit_tiny": "pit_ti_224"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Small batches gain nothing from intra-op threads on a shared 2-core machine (see test_cls_models)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _trainable(model):
