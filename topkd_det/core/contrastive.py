@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .data_parallel import data_parallel, gather_rows, row_counts
 from .validation import at_least_float32, check_pair
 
 NEGATIVES = ("all", "other_label")
@@ -119,37 +120,37 @@ def _grouped(s, t, temperature, normalize, labels, negatives, groups):
 
 
 def _gathered(s, t, temperature, normalize, labels, negatives):
-    """Negatives from every rank: local student rows against all teacher rows, and local teacher
-    rows against all student rows; only the local student rows carry gradient."""
-    world, rank = dist.get_world_size(), dist.get_rank()
-    n = torch.tensor([s.shape[0]], device=s.device)
-    sizes = [torch.zeros_like(n) for _ in range(world)]
-    dist.all_gather(sizes, n)
-    sizes = [int(x) for x in sizes]
-    width = max(sizes)
-
-    def gather(x):
-        padded = x.new_zeros((width,) + x.shape[1:])
-        padded[: x.shape[0]] = x.detach()
-        parts = [torch.empty_like(padded) for _ in range(world)]
-        dist.all_gather(parts, padded)
-        return [p[:m] for p, m in zip(parts, sizes)]
-
-    t_all = torch.cat(gather(t))
-    s_parts = gather(s)
-    s_parts[rank] = s
-    s_all = torch.cat(s_parts)
-    offset = sum(sizes[:rank])
-    target = torch.arange(s.shape[0], device=s.device) + offset
-    a_row = _similarity(s, t_all, temperature, normalize)
-    a_col = _similarity(t, s_all, temperature, normalize)
+    """Eq. 1 over the rows of every rank (``data_parallel``): this rank's part of the one-process loss,
+    times the world size. Row i's softmax runs over every rank's teacher rows; column j's over every
+    rank's student rows, whose per-column sums are all-reduced. The gradient reaching this rank's
+    student rows is the one-process loss's: a row also sits in the denominators of the other ranks'
+    columns, and ``col_softmax · a`` (whose value is subtracted again) carries that part."""
+    counts = row_counts(s.shape[0], s.device)
+    world, rank, total = len(counts), dist.get_rank(), sum(counts)
+    if normalize:
+        s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
+    a = s @ gather_rows(t, counts).t() / temperature  # this rank's student rows x all teacher rows
+    local = torch.arange(s.shape[0], device=s.device)
+    own = local + sum(counts[:rank])  # each row's own teacher row among all of them
+    logits = a
     if negatives == "other_label":
-        labels_all = torch.cat(gather(labels))
-        blocked = labels.unsqueeze(1) == labels_all.unsqueeze(0)
-        blocked[torch.arange(s.shape[0], device=s.device), target] = False
-        a_row = a_row.masked_fill(blocked, float("-inf"))
-        a_col = a_col.masked_fill(blocked, float("-inf"))
-    return 0.5 * (F.cross_entropy(a_row, target) + F.cross_entropy(a_col, target))
+        blocked = labels.unsqueeze(1) == gather_rows(labels, counts).unsqueeze(0)
+        blocked[local, own] = False
+        logits = a.masked_fill(blocked, float("-inf"))
+    diagonal = a[local, own]
+    rows = torch.logsumexp(logits, dim=1) - diagonal
+    # Columns: a max over every rank's rows keeps exp() in range, then the sums over every rank's rows.
+    column_max = logits.detach().amax(dim=0) if s.shape[0] else a.new_full((total,), float("-inf"))
+    dist.all_reduce(column_max, op=dist.ReduceOp.MAX)
+    exp = (logits.detach() - column_max).exp()
+    column_sum = exp.sum(dim=0)
+    dist.all_reduce(column_sum)
+    column_lse = column_max + column_sum.log()
+    col_softmax = exp / column_sum
+    remote_columns = (col_softmax * a).sum()
+    columns = column_lse[own] - diagonal
+    part = 0.5 * (rows.sum() + columns.sum() + remote_columns - remote_columns.detach())
+    return part * (world / total)
 
 
 def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, normalize: bool = True,
@@ -163,7 +164,10 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
         labels, negatives: with ``negatives='other_label'`` a pair (i, j ≠ i) with equal labels is
             left out of both softmax denominators.
         groups: per-row group id (``scope=image`` in detection): rows contrast only within their group.
-        gather: take negatives from every rank of the default process group (data parallel).
+        gather: under data parallelism (several ranks in the default process group), the loss over
+            the rows of every rank: this rank returns its part times the world size, so that the
+            mean over ranks, and DDP's averaged gradient, are those of one process over all rows
+            (``data_parallel``). Every rank must call it, also with no rows.
     Returns 0 for fewer than two rows.
     """
     if temperature <= 0:
@@ -181,7 +185,7 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
     s, t = at_least_float32(s), at_least_float32(t.detach())
     # Under AMP, autocast would run the N×N matmul in half precision; the spec computes in float32.
     with torch.autocast(s.device.type, enabled=False):
-        if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if gather and data_parallel():
             return _gathered(s, t, temperature, normalize, labels, negatives)
         if s.shape[0] < 2:
             return s.sum() * 0.0

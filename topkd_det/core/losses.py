@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .baselines import _dkd, gdkd3_loss, gdkd_loss, kd_loss, standardize, wttm_loss
 from .contrastive import NEGATIVES, contrastive_loss
+from .data_parallel import data_parallel, global_row_share
 from .knobs import (Boolean, Choice, LossOptionError, Path, count, non_negative, option_namer, positive,
                     validate)
 from .tdl import tdl_from_partition
@@ -217,8 +218,11 @@ class DistillationLoss(nn.Module):
     def _topkd_terms(self, s, t, y, groups) -> Dict[str, torch.Tensor]:
         opt, top = self.options, self.options["topkd"]
         mode = opt["mode"]
+        # With ``gather``, every term is the mean over all ranks' rows (core/data_parallel.py); the
+        # contrastive term gathers its own rows, which may be a subset (foreground_only, max_rows).
+        share = global_row_share(s.shape[0], s.device) if top["gather"] and data_parallel() else 1.0
         if mode == "kl":
-            return {"loss_kl": opt["kd"]["weight"] * kd_loss(s, t, top["kl_temperature"])}
+            return {"loss_kl": opt["kd"]["weight"] * share * kd_loss(s, t, top["kl_temperature"])}
         use_tsm = mode in ("contrastive+tsm", "topkd")
         use_tdl = mode in ("contrastive+tdl", "topkd")
         order = teacher_topk(t, top["k"]) if (use_tsm or use_tdl) else None
@@ -226,7 +230,8 @@ class DistillationLoss(nn.Module):
         terms = {"loss_con": top["con_weight"] * self._contrastive(s, t_scaled, y, groups)}
         if use_tdl:
             part = partition_index(t, y, order)
-            terms["loss_tdl"] = top["tdl_weight"] * tdl_from_partition(s, t_scaled, part, top["alpha"], top["beta"])
+            tdl = tdl_from_partition(s, t_scaled, part, top["alpha"], top["beta"])
+            terms["loss_tdl"] = top["tdl_weight"] * share * tdl
         return terms
 
     def _contrastive(self, s, t, y, groups):
