@@ -21,7 +21,7 @@ from topkd_det.detection import lazy_engine, tool  # noqa: E402
 
 
 def main(args):
-    cfg = lazy_engine.setup(args.config_file, args.opts, args)
+    cfg = lazy_engine.setup(args.config_file, args.opts, args, checked=getattr(args, tool.CHECKED, False))
     if args.eval_only:
         return lazy_engine.evaluate_student(cfg, resume=args.resume)
     return lazy_engine.train(cfg, resume=args.resume, allow_config_change=args.allow_config_change)
@@ -35,15 +35,17 @@ def parse_args(argv=None):
     return tool.parse_args(parser(), argv, "a LazyConfig .py file, e.g. configs/embedded/topkd.py")
 
 
-def check(args):
+def check(args, world_size: int):
     cfg = lazy_engine.setup(args.config_file, args.opts)
+    if not args.eval_only:
+        lazy_engine.check_world_size(cfg, world_size)
     if args.resume and not args.eval_only:
-        lazy_engine.check_resume_config(cfg, args.allow_config_change)
+        lazy_engine.check_resume_config(cfg, args.allow_config_change, world_size)
 
 
 def cli(argv=None):
     args = parse_args(argv)
-    return tool.launch_checked(args, main, lambda: check(args))
+    return tool.launch_checked(args, main, lambda world_size: check(args, world_size))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from topkd_det.detection.resume import check_resume_config  # noqa: E402
 
 
 def main(args):
-    cfg = engine.setup_cfg(args.config_file, args.opts, args, coco_datasets=args.coco_dataset)
+    cfg = engine.setup_cfg(args.config_file, args.opts, args, coco_datasets=args.coco_dataset,
+                           checked=getattr(args, tool.CHECKED, False))
     if args.eval_teacher:
         return engine.evaluate_teacher(cfg)
     if args.eval_only:
@@ -45,15 +46,17 @@ def parse_args(argv=None):
     return tool.parse_args(parser(), argv, "a Detectron2 YAML, e.g. configs/embedded/topkd.yaml")
 
 
-def check(args):
+def check(args, world_size: int):
     cfg = engine.setup_cfg(args.config_file, args.opts, coco_datasets=args.coco_dataset)
+    if not args.eval_only:
+        engine.check_world_size(cfg, world_size)
     if args.resume and not args.eval_only:
-        check_resume_config(cfg, args.allow_config_change)
+        check_resume_config(cfg, args.allow_config_change, world_size)
 
 
 def cli(argv=None):
     args = parse_args(argv)
-    return tool.launch_checked(args, main, lambda: check(args))
+    return tool.launch_checked(args, main, lambda world_size: check(args, world_size))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ def add_debug_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def _is_user_error(err: BaseException) -> bool:
+def is_user_error(err: BaseException) -> bool:
     # The project's errors for bad input are ValueErrors (ConfigError, LossOptionError, ResumeRefused,
     # WeightsError, CheckpointError) or OSErrors (DatasetError, missing files).
     return isinstance(err, (ValueError, OSError))
@@ -26,7 +26,7 @@ def one_line(err: BaseException) -> str:
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, KeyError) and len(err.args) == 1:
         text = str(err.args[0])
-    if _is_user_error(err):
+    if is_user_error(err):
         return text
     lines = [line for line in str(err).splitlines() if line.strip()]
     if any(line.startswith("Traceback (most recent call last)") for line in lines):
@@ -48,4 +48,4 @@ def run(entry: Callable[[], Any], debug: bool = False) -> Any:
         if debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-        raise SystemExit(USER_ERROR_EXIT if _is_user_error(err) else UNEXPECTED_EXIT) from None
+        raise SystemExit(USER_ERROR_EXIT if is_user_error(err) else UNEXPECTED_EXIT) from None

@@ -16,12 +16,12 @@ a sampler of its own.
 """
 import copy
 import logging
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.data import build_detection_train_loader
 from detectron2.data.samplers import TrainingSampler
-from detectron2.engine import AMPTrainer, SimpleTrainer, default_setup, default_writers, hooks
+from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import GeneralizedRCNN
@@ -32,14 +32,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config_io import ConfigError
 from ..resume_rules import ResumeRules, check_resume, flatten
-from ..rng import rng_state
 from .checkpoint import AtomicCheckpointer, newest_readable_checkpoint
 from .datasets import check_class_count, check_dataset_files, check_dataset_registered, register_builtin_synthetic
-from .engine import ProgressBar
+from .engine import ProgressBar, run_setup
 from .meta_arch import DistillRCNN, build_distill_loss
-from .resume import (ContinuingSampler, DeferredLoader, peek_checkpoint, resume_from, rewrite_unreadable_final,
-                     stored_fingerprint, teacher_digest)
+from .replicas import ReplicaSync, ddp_kwargs, insert_before_readers
+from .resume import (PROCESSES, ContinuingSampler, DeferredLoader, peek_checkpoint, resume_from,
+                     rewrite_unreadable_final, stored_fingerprint, teacher_digest)
 from .teacher import LAZY_KEYS, build_teacher, check_dtype, check_teacher_cfg, resolve_config_path, yacs_teacher_cfg
+from .tool import check_batch_split
 
 logger = logging.getLogger(__name__)
 _ABSENT = object()
@@ -132,18 +133,22 @@ def check_distill_loss(cfg: DictConfig) -> None:
         build_distill_loss(options, cfg.model.roi_heads.num_classes, config_prefix=LOSS_OPTIONS_KEY)
 
 
-def setup(config_file: str, opts: Sequence[str], args=None) -> DictConfig:
+def setup(config_file: str, opts: Sequence[str], args=None, checked: bool = False) -> DictConfig:
     """Load and check the config; with ``args``, then Detectron2's ``default_setup`` (logging, the
     config dump, seeding). Every check runs before the dump, so a bad config leaves no run folder; so
-    does the resume check (``--resume``)."""
+    does the resume check (``--resume``). ``checked``: the launching process ran the checks already
+    (``tool.launch_checked``), so this process of the run only registers the synthetic data."""
     cfg = load_lazy_config(config_file, opts)
-    check_distill_loss(cfg)
-    check_datasets(cfg)
-    check_teacher(cfg)
+    if checked:
+        register_builtin_synthetic()
+    else:
+        check_distill_loss(cfg)
+        check_datasets(cfg)
+        check_teacher(cfg)
     if args is not None:
-        if args.resume and not args.eval_only:
+        if args.resume and not args.eval_only and not checked:
             check_resume_config(cfg, getattr(args, "allow_config_change", False))
-        default_setup(cfg, args)
+        run_setup(cfg, args, cfg.train.output_dir)
     return cfg
 
 
@@ -160,22 +165,32 @@ def _plain(value: Any) -> Any:
     return repr(value)
 
 
-def run_fingerprint(cfg: DictConfig) -> Dict[str, Any]:
-    """The flattened, resolved config as plain values, plus the digest of a local teacher weights file."""
+def run_fingerprint(cfg: DictConfig, world_size: Optional[int] = None) -> Dict[str, Any]:
+    """The flattened, resolved config as plain values, plus the digest of a local teacher weights file
+    and the number of processes (default: this process group's)."""
     out = {key: _plain(value) for key, value in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
     teacher = cfg.model.get("teacher") if _target(cfg.model) is DistillRCNN else None
     if _target(teacher) is build_teacher:
         out.update(teacher_digest(teacher.get("weights")))
+    out[PROCESSES] = world_size or comm.get_world_size()
     return out
 
 
-def check_resume_config(cfg: DictConfig, allow_change: bool = False) -> None:
-    """Before anything is built: refuse to resume ``train.output_dir``'s run under a config that changes
-    the result (``ResumeRefused``); nothing to check without a checkpoint."""
+def check_world_size(cfg: DictConfig, world_size: int) -> None:
+    """The training batch splits over the run's processes."""
+    total = OmegaConf.select(cfg, "dataloader.train.total_batch_size", default=None)
+    if isinstance(total, int):
+        check_batch_split(total, world_size, "dataloader.train.total_batch_size")
+
+
+def check_resume_config(cfg: DictConfig, allow_change: bool = False, world_size: Optional[int] = None) -> None:
+    """Before anything is built: refuse to resume ``train.output_dir``'s run under a config (or a number
+    of processes, ``world_size``) that changes the result (``ResumeRefused``); nothing to check
+    without a checkpoint."""
     path = newest_readable_checkpoint(cfg.train.output_dir)
     if path is not None:
         state = peek_checkpoint(path)
-        stored, current = stored_fingerprint(state, run_fingerprint(cfg))
+        stored, current = stored_fingerprint(state, run_fingerprint(cfg, world_size))
         check_resume(stored, current, LAZY_RESUME_RULES, state.get("iteration", -1) + 1, path, allow_change)
 
 
@@ -226,8 +241,9 @@ def with_gradient_clipping(optimizer, options) -> object:
 
 
 def evaluate_model(cfg: DictConfig, model) -> Dict:
-    """``dataloader.evaluator`` (COCOEvaluator in this project's configs) on ``dataloader.test``."""
-    if "evaluator" not in cfg.dataloader:
+    """``dataloader.evaluator`` (COCOEvaluator in this project's configs) on ``dataloader.test``; nothing
+    without an evaluator or test data (``dataloader.test.dataset.names=[]``, as DATASETS.TEST ())."""
+    if "evaluator" not in cfg.dataloader or not OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None):
         return {}
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():
@@ -239,7 +255,7 @@ def evaluate_student(cfg: DictConfig, resume: bool = False) -> Dict:
     """The student alone, with ``train.init_checkpoint`` (or, with ``resume``, the run's last checkpoint)."""
     model = instantiate(student_only(cfg.model))
     model.to(cfg.train.device)
-    model = create_ddp_model(model)
+    model = create_ddp_model(model, **ddp_kwargs(model))
     AtomicCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
                                                                             resume=resume)
     return evaluate_model(cfg, model)
@@ -254,18 +270,19 @@ def train(cfg: DictConfig, resume: bool = False, allow_config_change: bool = Fal
     cfg.optimizer.params.model = model
     optimizer = with_gradient_clipping(instantiate(cfg.optimizer), cfg.train.get("clip_gradients"))
     loader = continuing_train_loader(cfg.dataloader.train, cfg.train.get("seed", -1))
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = create_ddp_model(model, **ddp_kwargs(model, **cfg.train.ddp))
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, loader, optimizer)
     history = []
+    replica_sync = ReplicaSync(cfg.train.checkpointer.get("period", 0), cfg.train.eval_period, cfg.train.max_iter)
 
     def checkpoint_state():
-        return {"config": fingerprint, "config_changes": history, "rng": rng_state(),
+        return {"config": fingerprint, "config_changes": history, "rng": replica_sync.rng_states_for_checkpoint(),
                 "world_size": comm.get_world_size()}
 
     # The teacher is not a submodule, so checkpoints hold the student only.
     checkpointer = AtomicCheckpointer(model, out, trainer=trainer, extra_state=checkpoint_state)
     main = comm.is_main_process()
-    trainer.register_hooks([
+    trainer.register_hooks(insert_before_readers([
         hooks.IterationTimer(),
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if main else None,
@@ -273,7 +290,7 @@ def train(cfg: DictConfig, resume: bool = False, allow_config_change: bool = Fal
         hooks.PeriodicWriter(default_writers(out, cfg.train.max_iter),
                              period=cfg.train.log_period) if main else None,
         ProgressBar(),
-    ])
+    ], replica_sync))
     loaded = resume_from(checkpointer, out, fingerprint, LAZY_RESUME_RULES, allow_config_change, None, resume)
     if loaded is None:
         checkpointer.load(cfg.train.init_checkpoint, checkpointables=[])
@@ -282,5 +299,7 @@ def train(cfg: DictConfig, resume: bool = False, allow_config_change: bool = Fal
         history.extend(loaded.config_changes)
         # The checkpoint holds the iteration that finished, so training goes on at the next one.
         start_iter = trainer.iter + 1
+        if start_iter >= cfg.train.max_iter:
+            replica_sync.sync()  # on every rank: the final checkpoint may be written again below
         rewrite_unreadable_final(checkpointer, out, trainer.iter, cfg.train.max_iter)
     trainer.train(start_iter, cfg.train.max_iter)

@@ -12,7 +12,9 @@ DefaultTrainer)``). It only overrides what ``DefaultTrainer`` documents for over
   the log and in ``metrics.json``;
 - a run whose newest checkpoint is its last iteration but whose ``model_final.pth`` is missing or
   damaged writes ``model_final.pth`` again instead of passing for finished;
-- the training data continue where the checkpoint stopped (below).
+- the training data continue where the checkpoint stopped (below);
+- in several processes, rank 0 picks the checkpoint and every rank loads that file, restores its own
+  RNG states, and a resume with another number of processes is refused like a config change.
 
 Data order. Detectron2's ``TrainingSampler`` is an infinite stream of per-epoch permutations seeded
 once; a restarted process starts the stream again, so a resumed run would see the first images of
@@ -42,9 +44,10 @@ from torch.utils.data import Sampler
 
 from ..files import file_sha256, remove_orphans, torch_file_problem
 from ..resume_rules import Change, ResumeRules, check_resume, flatten
-from ..rng import rng_state, set_rng_state
+from ..rng import set_rng_state
 from ..state_dicts import mismatch
 from .checkpoint import FINAL, AtomicCheckpointer, CheckpointError, newest_readable_checkpoint
+from .replicas import ReplicaSync, insert_before_readers
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ logger = logging.getLogger(__name__)
 RESUME_RULES = ResumeRules("SOLVER.MAX_ITER", ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD", "TEST.",
                                                "DATASETS.TEST"), "iterations")
 TEACHER_DIGEST = "MODEL.TEACHER.WEIGHTS (sha256)"
+# The number of processes is part of what identifies a run: each rank has its own share of every
+# batch and its own random state, so another count trains another run. Checkpoints store it as
+# ``world_size``; it is compared like a config key (refused on resume, unless --allow-config-change).
+PROCESSES = "processes (--num-gpus x --num-machines)"
 
 
 @functools.lru_cache(maxsize=8)
@@ -69,11 +76,13 @@ def teacher_digest(weights: Optional[str]) -> Dict[str, str]:
     return {TEACHER_DIGEST: _digest(os.path.abspath(weights), stat.st_size, stat.st_mtime_ns)}
 
 
-def run_fingerprint(cfg: CfgNode) -> Dict[str, Any]:
-    """What identifies a run: its flattened config, and the content of a local teacher weights file."""
+def run_fingerprint(cfg: CfgNode, world_size: Optional[int] = None) -> Dict[str, Any]:
+    """What identifies a run: its flattened config, the content of a local teacher weights file, and
+    its number of processes (default: this process group's)."""
     out = flatten(cfg.dump())
     if cfg.MODEL.META_ARCHITECTURE == "DistillRCNN":
         out.update(teacher_digest(cfg.MODEL.TEACHER.WEIGHTS))
+    out[PROCESSES] = world_size or comm.get_world_size()
     return out
 
 
@@ -90,26 +99,30 @@ def stored_fingerprint(state: Dict[str, Any], current: Dict[str, Any]):
     if "config" not in state:
         return None, current
     stored = {**flatten(state["config"]), **state.get("fingerprints", {})}
-    if TEACHER_DIGEST not in stored:
-        current = {k: v for k, v in current.items() if k != TEACHER_DIGEST}
+    if "world_size" in state:
+        stored[PROCESSES] = state["world_size"]
+    # Fingerprints a checkpoint predates are not compared.
+    current = {k: v for k, v in current.items() if k not in (TEACHER_DIGEST, PROCESSES) or k in stored}
     return stored, current
 
 
 def peek_checkpoint(path: str) -> Dict[str, Any]:
     """A checkpoint's small entries and its model tensors, without reading them (memory-mapped)."""
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return {k: state[k] for k in ("config", "fingerprints", "iteration", "model") if k in state}
+    return {k: state[k] for k in ("config", "fingerprints", "iteration", "model", "world_size") if k in state}
 
 
-def check_resume_config(cfg: CfgNode, allow_change: bool = False) -> List[Change]:
+def check_resume_config(cfg: CfgNode, allow_change: bool = False, world_size: Optional[int] = None) -> List[Change]:
     """Before anything is built: refuse (``ResumeRefused``) to resume OUTPUT_DIR's run under a config
-    that changes the result. Returns the accepted changes; nothing when there is no checkpoint."""
+    (or a number of processes, ``world_size``, default this process group's) that changes the result.
+    Returns the accepted changes; nothing when there is no checkpoint."""
     path = newest_readable_checkpoint(cfg.OUTPUT_DIR)
     if path is None:
         return []
     state = peek_checkpoint(path)
-    effective = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-    stored, current = stored_fingerprint(state, run_fingerprint(effective))
+    world_size = world_size or comm.get_world_size()
+    effective = DefaultTrainer.auto_scale_workers(cfg, world_size)
+    stored, current = stored_fingerprint(state, run_fingerprint(effective, world_size))
     return check_resume(stored, current, RESUME_RULES, state.get("iteration", -1) + 1, path, allow_change,
                         _defaults())
 
@@ -178,13 +191,16 @@ def continuing_train_loader(cfg: CfgNode):
 
 
 def restore_rng(extra: Dict[str, Any]) -> None:
-    """The RNG states a checkpoint stored, in a single-process run (the main process's only are stored)."""
-    world = comm.get_world_size()
-    if "rng" in extra and extra.get("world_size") == world == 1:
-        set_rng_state(extra["rng"])
-    elif world > 1:
-        logger.info("the checkpoint holds the main process's RNG states only; with %d processes they are "
-                    "not restored", world)
+    """This rank's RNG states from a checkpoint of a run with as many processes (every rank's are
+    stored, in rank order; checkpoints written before held the main process's alone, as a dict)."""
+    world, states = comm.get_world_size(), extra.get("rng")
+    if isinstance(states, dict):
+        states = [states] if extra.get("world_size", 1) == 1 else None
+    if states is not None and extra.get("world_size") == world == len(states):
+        set_rng_state(states[comm.get_rank()])
+    elif states is not None:
+        logger.warning("the checkpoint holds the RNG states of %s process(es), this run has %d: they are not "
+                       "restored, so its random draws differ from an uninterrupted run's", len(states), world)
 
 
 def record_changes(output_dir: str, start_iter: int, changes: List[Change]) -> Dict[str, Any]:
@@ -222,7 +238,11 @@ def resume_from(checkpointer, output_dir: str, fingerprint: Dict[str, Any], rule
     if comm.is_main_process() and os.path.isdir(output_dir):
         for path in remove_orphans(output_dir):
             logger.warning("removed %s, left by a run killed while writing it", path)
-    path = newest_readable_checkpoint(output_dir) if resume else None
+    # Rank 0 picks the file and every rank loads it: each looking for itself could see another newest
+    # file on a shared folder that is being written.
+    path = newest_readable_checkpoint(output_dir) if resume and comm.is_main_process() else None
+    if comm.get_world_size() > 1:
+        path = comm.all_gather(path)[0]
     if path is None:
         return None
     state = peek_checkpoint(path)
@@ -257,28 +277,15 @@ class ResumableTrainer:
         old = self.checkpointer
         self.checkpointer = AtomicCheckpointer(old.model, old.save_dir, extra_state=self._checkpoint_state,
                                                **old.checkpointables)
-        return super().build_hooks()
-
-    # Detectron2 0.6's DefaultTrainer checkpoints the iteration and the LR scheduler but not the
-    # optimizer, so its resume restarts SGD's momentum and runs the first iteration at the LR the
-    # optimizer was built with. Main stores it under "_trainer"; on 0.6 it is added here.
-    def state_dict(self):
-        state = super().state_dict()
-        if "_trainer" not in state:
-            state["optimizer"] = self.optimizer.state_dict()
-        return state
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if "_trainer" not in state_dict and "optimizer" in state_dict:
-            self.optimizer.load_state_dict(state_dict["optimizer"])
+        self.replica_sync = ReplicaSync(self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.TEST.EVAL_PERIOD, self.max_iter)
+        return insert_before_readers(super().build_hooks(), self.replica_sync)
 
     def _checkpoint_state(self) -> Dict[str, Any]:
         return {
             "config": self.cfg.dump(),
             "fingerprints": {k: v for k, v in self.fingerprint.items() if k == TEACHER_DIGEST},
             "config_changes": self.config_changes,
-            "rng": rng_state(),
+            "rng": self.replica_sync.rng_states_for_checkpoint(),
             "world_size": comm.get_world_size(),
         }
 
@@ -299,5 +306,6 @@ class ResumableTrainer:
 
     def train(self):
         if self.start_iter >= self.max_iter:
+            self.replica_sync.sync()  # on every rank: the final checkpoint may be written again below
             rewrite_unreadable_final(self.checkpointer, self.cfg.OUTPUT_DIR, self.iter, self.max_iter)
         return super().train()

@@ -32,3 +32,8 @@ def check_distill_config(cfg: CfgNode) -> None:
         value = cfg.SOLVER[key]
         if value < lowest or (strict and value == lowest):
             raise ConfigError(f"SOLVER.{key} must be {'>' if strict else '>='} {lowest}, got {value}")
+    # Detectron2 ignores steps beyond MAX_ITER (with a warning) but fails on one equal to it, in every
+    # process, once the model is built.
+    if cfg.SOLVER.MAX_ITER in cfg.SOLVER.STEPS:
+        raise ConfigError(f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} contains SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: an LR "
+                          "step must come before the last iteration; lower it or raise SOLVER.MAX_ITER")
