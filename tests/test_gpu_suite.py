@@ -16,9 +16,11 @@ def _rows(table: Path, first_cell: str):
 def test_suite_runs_every_step_on_the_cpu_at_tiny_sizes(tmp_path):
     out = tmp_path / "suite"
     env = dict(os.environ, PY=sys.executable)
+    # --no-limits: the steps' time limits are for a GPU lease; here they would make the verdict depend on
+    # how busy the machine is. The timeout only guards against a hang.
     proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), "--device", "cpu", "--tiny",
-                           "--out", str(out), "--only", ",".join(STEPS)], env=env, capture_output=True, text=True,
-                          timeout=400)
+                           "--no-limits", "--out", str(out), "--only", ",".join(STEPS)], env=env,
+                          capture_output=True, text=True, timeout=3600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = (out / "summary.md").read_text()
     for step in STEPS:
