@@ -7,8 +7,9 @@ same loss over the same rows in 1 process, and the bytes each rank sends per ste
 
 Each worker holds ``--rows`` ROIs per step (2 images x 512 sampled ROIs, as on COCO) of ``--classes``
 logits (COCO: 80 + background); rank 1 holds 10 % fewer, as ranks sample different numbers of ROIs.
-The three settings run interleaved, round after round, so that machine noise hits them alike; the
-table gives the median and its ratio to the 1-process loss. One thread per process.
+The three settings run interleaved, round after round, in the same two worker processes (rank 0
+computes the 1-process loss while rank 1 waits), so that machine noise hits them alike; the table
+gives the median and its ratio to the 1-process loss. One thread per process.
 """
 import argparse
 import os
@@ -64,14 +65,17 @@ def _worker(rank: int, port: int, args, queue) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     losses = _losses(args.classes)
     s, t, y = _inputs(_rows(rank, args.rows), args.classes, rank)
-    times = {False: [], True: []}
+    # One process over the rows of both ranks: rank 0 alone, while rank 1 waits, in the same rounds.
+    whole = [torch.cat(parts) for parts in zip(*(_inputs(_rows(r, args.rows), args.classes, r) for r in range(WORLD)))]
+    times = {"single": [], False: [], True: []}
     for round_ in range(args.warmup + args.repeats):
-        for gather in (False, True):
-            elapsed = _synchronized(lambda: _step(losses[gather], s, t, y))
-            if round_ >= args.warmup:
-                times[gather].append(elapsed)
+        measured = {gather: _synchronized(lambda: _step(losses[gather], s, t, y)) for gather in (False, True)}
+        measured["single"] = _synchronized(lambda: _step(losses[False], *whole) if rank == 0 else 0.0)
+        if round_ >= args.warmup:
+            for key, value in measured.items():
+                times[key].append(value)
     if rank == 0:
-        queue.put(times)
+        queue.put({"times": times, "rows": whole[0].shape[0]})
     dist.destroy_process_group()
 
 
@@ -100,23 +104,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    workers = mp.spawn(_worker, args=(_free_port(), args, queue), nprocs=WORLD, join=False)
-    # One process over the rows of both ranks, measured while the workers run, as their steps are.
-    loss = _losses(args.classes)[False]
-    s0, t0, y0 = _inputs(_rows(0, args.rows), args.classes, 0)
-    s1, t1, y1 = _inputs(_rows(1, args.rows), args.classes, 1)
-    whole = (torch.cat([s0, s1]), torch.cat([t0, t1]), torch.cat([y0, y1]))
-    single = [_step(loss, *whole) for _ in range(args.warmup + args.repeats)][args.warmup:]
-    while not workers.join():
-        pass
-    times = queue.get()
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_worker, args=(_free_port(), args, queue), nprocs=WORLD, join=True)
+    result = queue.get()
+    times = result["times"]
 
-    base = statistics.median(single)
+    base = statistics.median(times["single"])
     rows = [
-        {"setting": f"1 process over both ranks' {whole[0].shape[0]} rows", "median ms": base * 1e3,
-         "ratio": 1.0, "bytes sent per rank and step": 0},
+        {"setting": f"1 process over both ranks' {result['rows']} rows", "median ms": base * 1e3, "ratio": 1.0,
+         "bytes sent per rank and step": 0},
         {"setting": "2 processes, GATHER off (each contrasts its own rows)",
          "median ms": statistics.median(times[False]) * 1e3, "ratio": statistics.median(times[False]) / base,
          "bytes sent per rank and step": 0},
