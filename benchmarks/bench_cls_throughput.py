@@ -17,7 +17,6 @@ ImageNet, resnet34 -> resnet18, batch 256, 224 px, bf16 AMP: the step only (no I
 The images are random uint8 in CIFAR-100's on-disk format and the teachers have random weights:
 throughput does not depend on the values. Each loss is built from the pair's own YAML.
 """
-import argparse
 import pickle
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from topkd_det.classification.distiller import Distiller, build_distill_loss, bu
 from topkd_det.classification.engine import Env, TrainStep, Trainer  # noqa: E402
 from topkd_det.classification.models import build_model  # noqa: E402
 from topkd_det.classification.optim import build_optimizer  # noqa: E402
+from topkd_det.cli import documented_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_PAIR = REPO / "configs/cifar100/resnet32x4_resnet8x4"
@@ -122,7 +122,7 @@ def imagenet_row(method: str, args, tmp: Path, device: torch.device):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/gpu_measurements.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--iters", type=int, default=100, help="steps timed per row (and in each timed epoch)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

@@ -16,7 +16,6 @@ The ratio distill / (student + teacher fwd) shows the overhead of running them t
 is <= 1.05). On CUDA the peak memory above the weights is reported too; the teacher runs under
 no_grad, so it should add no activation memory for backward.
 """
-import argparse
 import itertools
 import statistics
 import sys
@@ -33,6 +32,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.detection import add_topkd_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ def measure(args, family, teacher_files, teacher_dtype, amp):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/performance.md", "docs/gpu_measurements.md")
     p.add_argument("--pair", default="embedded", choices=list(PAIRS))
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.core import build_loss  # noqa: E402
 from topkd_det.core import losses as losses_module  # noqa: E402
 
@@ -141,7 +142,7 @@ def size(text: str):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/performance.md", "docs/gpu_measurements.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--warmup", type=int, default=3)

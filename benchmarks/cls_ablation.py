@@ -21,6 +21,7 @@ import cls_accuracy as bench  # noqa: E402
 from ablation_groups import GROUPS, effective, k_group, prefixed, slug  # noqa: E402
 
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.reporting import fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 PREFIX = "DISTILL."
@@ -40,7 +41,7 @@ def _run(job):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/ablations.md")
     p.add_argument("--groups", nargs="+", default=list(ALL), choices=list(ALL))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=bench.DEFAULTS["epochs"])

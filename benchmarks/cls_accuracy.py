@@ -23,6 +23,7 @@ import torch  # noqa: E402
 
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.engine import LAST_CHECKPOINT, Env, Trainer, setup_distributed  # noqa: E402
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.reporting import bar_chart, fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "fashion_mnist")
@@ -110,7 +111,7 @@ def write_outputs(args, teacher: Dict, runs: Dict[str, List[Dict]]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/results.md")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="student epochs")

@@ -9,7 +9,6 @@ Per seed, t-SNE and the correlation heat-maps put every method side by side in o
 (OUTPUT_DIR/seed<k>/); --images-dir receives seed 0's pictures. The student alone ("none") is compared
 with the benchmark's teacher as well.
 """
-import argparse
 import importlib.util
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Dict, List
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.reporting import fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 METHODS = ("none", "kd", "dkd", "gdkd", "gdkd3", "topkd")
@@ -41,7 +41,7 @@ def _read(path: str) -> List[Dict]:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/results.md", "docs/analyses.md")
     parser.add_argument("--bench-dir", default="output/cls_bench", help="benchmarks/cls_accuracy.py's --output-dir")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -9,7 +9,6 @@ see benchmarks/ablation_groups.py) with the demo's cached teacher, on the same b
 is scored with COCO AP on --split. Runs are cached by config, so an interrupted ablation continues and
 groups share their default runs. Writes <output>/<group>_<split>.md and .csv (mean ± std over seeds).
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation_groups import DETECTION_GROUPS, GROUPS, effective, k_group, prefixed, slug  # noqa: E402
 
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.data.synthetic_coco import SyntheticConfig  # noqa: E402
 from topkd_det.detection import embedded  # noqa: E402
 from topkd_det.reporting import fmt_mean_std, write_csv, write_markdown  # noqa: E402
@@ -36,7 +36,7 @@ COLUMNS = ["variant", "AP", "AP50", "AP75", "seeds"]
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/ablations.md")
     p.add_argument("--groups", nargs="+", default=list(ALL), choices=[*ALL, *OTHER_CONFIGS])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--split", default="val", choices=["val", "test"])

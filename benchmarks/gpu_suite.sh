@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every measurement of the README's "GPU measurements", in one call, in about 5 minutes on an H100.
+# Every measurement of docs/gpu_measurements.md, in one call, in about 5 minutes on an H100.
 #
 #   bash benchmarks/gpu_suite.sh [--out DIR] [--wheels DIR] [--budget S] [--only STEP,...]   # on the GPU
 #   bash benchmarks/gpu_suite.sh --device cpu --tiny --no-limits --out /tmp/suite   # a check of the script

@@ -4,9 +4,9 @@ logistic regression on mean colour, logistic regression on pixels and a tiny CNN
 
     python benchmarks/synthetic_separability.py [--root datasets/synthetic_shapes]
 """
-import argparse
 import json
 import math
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +17,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from topkd_det.data.synthetic_coco import (SyntheticConfig, attribute_distance, class_attributes,
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from topkd_det.cli import documented_parser  # noqa: E402
+from topkd_det.data.synthetic_coco import (SyntheticConfig, attribute_distance, class_attributes,  # noqa: E402
                                            default_root, generate, image_root, json_path)
 
 CROP = 24
@@ -88,7 +91,7 @@ def report(name: str, probs: torch.Tensor, y: torch.Tensor) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = documented_parser(__doc__, "docs/getting_started.md")
     parser.add_argument("--root", type=Path, default=default_root())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cnn-epochs", type=int, default=12)

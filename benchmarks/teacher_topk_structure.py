@@ -15,7 +15,6 @@ Columns: top-1 accuracy; entropy of the softmax (nats); mass@K, the mean softmax
 teacher's top-K; hit@K, rows whose label is in the top-K; rescue@K, rows whose top-1 is wrong but
 whose label is in the top-K (= hit@K - top-1, so K = 1 is left out).
 """
-import argparse
 import math
 import os
 import sys
@@ -36,6 +35,7 @@ from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.data import build_splits, collate_batch  # noqa: E402
 from topkd_det.classification.distiller import build_teacher  # noqa: E402
 from topkd_det.classification.engine import topk_correct  # noqa: E402
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.data.synthetic_coco import SyntheticConfig  # noqa: E402
 from topkd_det.detection import embedded  # noqa: E402
 from topkd_det.detection.engine import DistillTrainer  # noqa: E402
@@ -125,7 +125,7 @@ def command() -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/ablations.md")
     p.add_argument("--cls-teacher", default="output/cls_bench/teacher/last.pth")
     p.add_argument("--det-teacher-config", default="configs/embedded/teacher.yaml")
     p.add_argument("--det-teacher-weights", default="output/demo/teacher/model_final.pth")

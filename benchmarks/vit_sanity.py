@@ -10,7 +10,6 @@ and the schedule train together; it says nothing about CIFAR-100 accuracy.
     python benchmarks/vit_sanity.py                       # all four, 150 steps of 8 images
     python benchmarks/vit_sanity.py --models pit_tiny --steps 300
 """
-import argparse
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ from topkd_det.classification.data import build_splits  # noqa: E402
 from topkd_det.classification.models import FIXED_INPUT_SIZE, build_model  # noqa: E402
 from topkd_det.classification.optim import cosine_warmup_factor, param_groups  # noqa: E402
 from topkd_det.classification.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.reporting import write_markdown  # noqa: E402
 
 MODELS = tuple(FIXED_INPUT_SIZE)
@@ -72,7 +72,7 @@ def sanity_run(name: str, data, args) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/results.md", "docs/vit.md")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--warmup", type=int, default=15, help="linear LR warmup steps")

@@ -146,7 +146,7 @@ def test_cascade_teacher_stages_line_up_with_the_student_stages(tmp_path):
 
 
 def test_a_faster_teacher_scores_every_cascade_stage_with_its_one_head(tmp_path):
-    """A Faster teacher whose box head is the student's stage-1 head: KD 0 at stage 1 only."""
+    """A Faster teacher whose box head is the student's stage-0 head: KD 0 at stage 0 only."""
     frozen = {"MODEL.RESNETS.NORM": "FrozenBN"}
     _, state = _same_weights_teacher(tmp_path, "cascade", **frozen)
     teacher_state = {}

@@ -14,7 +14,6 @@ Use the .pkl as MODEL.WEIGHTS together with torchvision's input convention:
   MODEL.PIXEL_STD [58.395, 57.120, 57.375]
   MODEL.RESNETS.STRIDE_IN_1X1 False   # ResNet-50/101: torchvision strides in the 3x3 conv
 """
-import argparse
 import os
 import pickle
 import sys
@@ -24,15 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from topkd_det.cli import add_debug_flag, run  # noqa: E402
+from topkd_det.cli import add_debug_flag, documented_parser, run  # noqa: E402
 from topkd_det.detection.convert import ARCHS, convert_torchvision  # noqa: E402
 from topkd_det.files import LOAD_ERRORS, unreadable_reason, write_bytes_atomic  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = documented_parser(__doc__, "docs/detection_coco.md")
     parser.add_argument("--arch", required=True, choices=sorted(ARCHS))
     parser.add_argument("input", help="torchvision state dict (.pth)")
     parser.add_argument("output", help="Detectron2 checkpoint to write (.pkl)")

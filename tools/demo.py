@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tqdm import tqdm  # noqa: E402
 
-from topkd_det.cli import add_debug_flag, run  # noqa: E402
+from topkd_det.cli import add_debug_flag, documented_parser, run  # noqa: E402
 from topkd_det.data.synthetic_coco import SyntheticConfig, default_root  # noqa: E402
 from topkd_det.detection import embedded  # noqa: E402
 from topkd_det.detection.config import load_config  # noqa: E402
@@ -43,7 +43,7 @@ def stage(i: int, n: int, text: str) -> None:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/getting_started.md", "docs/results.md")
     p.add_argument("--output", type=Path, default=Path("output/demo"))
     p.add_argument("--data-root", type=Path, default=default_root(),
                    help="where the synthetic data are generated (default: where configs/embedded look)")

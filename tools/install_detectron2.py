@@ -25,6 +25,10 @@ source, it finds that build installed and does nothing.
 Usage:
     python tools/install_detectron2.py [--sdist FILE] [--cache-dir DIR] [--force] [-c CONSTRAINTS]
     python tools/install_detectron2.py --source detectron2-main.tar.gz [--target DIR] [--cache-dir DIR]
+
+This script runs before the package is installed, so it imports nothing from topkd_det.
+
+Documentation: docs/detectron2_builds.md
 """
 import argparse
 import hashlib

@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from topkd_det.cli import tool_help  # noqa: E402
 from topkd_det.detection import lazy_engine, tool  # noqa: E402
 
 
@@ -28,7 +29,8 @@ def main(args):
 
 
 def parser():
-    return tool.argument_parser(__doc__)
+    return tool.argument_parser(tool_help(__doc__, "docs/detection_lazyconfig.md", "docs/resume_and_errors.md",
+                                          "docs/multi_gpu.md"))
 
 
 def parse_args(argv=None):

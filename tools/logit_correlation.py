@@ -22,10 +22,11 @@ from topkd_det.classification.analysis import AnalysisError, cli, correlation  #
 from topkd_det.classification.analysis.checkpoints import load_teacher, load_trained  # noqa: E402
 from topkd_det.classification.analysis.features import (collect, dataset_batches, subset_indices,  # noqa: E402
                                                         test_split)
+from topkd_det.cli import documented_parser  # noqa: E402
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/analyses.md")
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="students' last.pth from tools/train_cls.py")
     parser.add_argument("--teacher", default="", help="the teacher's tools/train_cls.py checkpoint (default: each "
                                                       "student's own teacher)")

@@ -4,14 +4,17 @@
 Reuses an existing dataset whose meta.json matches the arguments; refuses to touch one that does
 not match unless --overwrite is given.
 """
-import argparse
 import sys
+from pathlib import Path
 
-from topkd_det.data.synthetic_coco import SyntheticConfig, default_root, generate
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from topkd_det.cli import documented_parser  # noqa: E402
+from topkd_det.data.synthetic_coco import SyntheticConfig, default_root, generate  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = documented_parser(__doc__, "docs/getting_started.md")
     parser.add_argument("--root", default=str(default_root()),
                         help="output folder (default: $TOPKD_DATASETS/synthetic_shapes, where "
                         "topkd_det.detection.datasets.register_builtin_synthetic looks)")

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.engine import Trainer, distributed_session  # noqa: E402
-from topkd_det.cli import add_debug_flag, run  # noqa: E402
+from topkd_det.cli import add_debug_flag, documented_parser, run  # noqa: E402
 from topkd_det.resume_rules import ALLOW_FLAG  # noqa: E402
 
 # (column label, results record, metric): what the summary reports for each seed.
@@ -77,7 +77,7 @@ def run_seeds(config_file: str, seeds: Sequence[int], opts: Sequence[str], resum
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/cifar100.md", "docs/paper_map.md")
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--seeds", nargs="+", required=True, metavar="SEED")
     parser.add_argument("--resume", action="store_true", help="continue each seed from its last checkpoint")

@@ -22,12 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.engine import Trainer, distributed_session  # noqa: E402
-from topkd_det.cli import add_debug_flag, run  # noqa: E402
+from topkd_det.cli import add_debug_flag, documented_parser, run  # noqa: E402
 from topkd_det.resume_rules import ALLOW_FLAG  # noqa: E402
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/cifar100.md", "docs/imagenet.md", "docs/resume_and_errors.md",
+                               "docs/multi_gpu.md")
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/last.pth if it exists")
     parser.add_argument(ALLOW_FLAG, action="store_true",

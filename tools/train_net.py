@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from topkd_det.cli import tool_help  # noqa: E402
 from topkd_det.detection import engine, tool  # noqa: E402
 from topkd_det.detection.resume import check_resume_config  # noqa: E402
 
@@ -34,7 +35,8 @@ def main(args):
 
 
 def parser():
-    p = tool.argument_parser(__doc__)
+    p = tool.argument_parser(tool_help(__doc__, "docs/detection_coco.md", "docs/detection_own_data.md",
+                                       "docs/resume_and_errors.md", "docs/multi_gpu.md"))
     p.add_argument("--eval-teacher", action="store_true", help="evaluate the teacher of the config alone")
     p.add_argument("--coco-dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
                    help="register a COCO-format dataset for DATASETS.TRAIN/TEST (repeatable); shorthand for an "

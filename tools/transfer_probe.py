@@ -21,12 +21,13 @@ from topkd_det.classification.analysis import AnalysisError, cli  # noqa: E402
 from topkd_det.classification.analysis.checkpoints import load_trained  # noqa: E402
 from topkd_det.classification.analysis.probe import ProbeSettings, transfer_probe  # noqa: E402
 from topkd_det.classification.analysis.target_data import TARGETS, load_target  # noqa: E402
+from topkd_det.cli import documented_parser  # noqa: E402
 
 DEFAULTS = ProbeSettings()
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/analyses.md")
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="last.pth files from tools/train_cls.py")
     parser.add_argument("--target", required=True, choices=sorted(TARGETS))
     parser.add_argument("--data-root", default="", help="folder holding the target's standard layout")

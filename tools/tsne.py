@@ -17,10 +17,11 @@ from topkd_det.classification.analysis import AnalysisError, cli, tsne  # noqa: 
 from topkd_det.classification.analysis.checkpoints import load_trained  # noqa: E402
 from topkd_det.classification.analysis.features import (collect, dataset_batches, subset_indices,  # noqa: E402
                                                         test_split)
+from topkd_det.cli import documented_parser  # noqa: E402
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/analyses.md")
     parser.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT", help="last.pth files from tools/train_cls.py")
     parser.add_argument("--labels", nargs="+", default=[], help="a name per checkpoint (default: its run folder)")
     parser.add_argument("--data-root", default="", help="the test data's folder (default: the run's DATASET.ROOT)")

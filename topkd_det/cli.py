@@ -1,5 +1,6 @@
-"""How the command-line tools end on an error: one readable line on stderr and a non-zero exit,
-the traceback only with ``--debug``."""
+"""How the command-line tools talk to their user: an error ends as one readable line on stderr and a
+non-zero exit (the traceback only with ``--debug``); ``--help`` shows the tool's docstring as written and
+names the pages of ``docs/`` that say more."""
 import argparse
 import sys
 from typing import Any, Callable
@@ -49,3 +50,21 @@ def run(entry: Callable[[], Any], debug: bool = False) -> Any:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
         raise SystemExit(USER_ERROR_EXIT if is_user_error(err) else UNEXPECTED_EXIT) from None
+
+
+def docs_line(*pages: str) -> str:
+    """Where ``--help`` points for more: pages of ``docs/``, relative to the repository root."""
+    return "Documentation: " + ", ".join(pages)
+
+
+def tool_help(doc: str, *pages: str) -> str:
+    """A tool's docstring as written (line breaks and examples kept), then ``docs_line(*pages)``: the
+    help text of a parser that shows one block of text, such as Detectron2's ``default_argument_parser``."""
+    return doc.strip("\n") + "\n\n" + docs_line(*pages)
+
+
+def documented_parser(doc: str, *pages: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` whose ``--help`` shows ``doc`` unwrapped above the options and the docs
+    pages below them; every tool builds its parser this way (``tests/test_tool_help.py`` checks)."""
+    return argparse.ArgumentParser(description=doc.strip("\n"), epilog=docs_line(*pages),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)

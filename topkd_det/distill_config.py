@@ -18,7 +18,7 @@ def _to_node(tree: Dict[str, Any], node_cls: Type[CN]) -> CN:
 
 
 def distill_cfg_node(node_cls: Type[CN] = CN) -> CN:
-    """A fresh node with every distillation default (see the README's knob table).
+    """A fresh node with every distillation default (see docs/knobs.md).
 
     ``node_cls`` lets Detectron2 configs keep one node class throughout (its CfgNode subclasses yacs').
     """

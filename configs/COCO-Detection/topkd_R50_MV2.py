@@ -27,7 +27,7 @@ model.teacher = L(build_teacher)(
     dtype="float32",
 )
 # The tree of MODEL.DISTILL in lower case; K, alpha and beta follow the paper (Table 5/6), the other
-# knobs are the defaults of the README's knob table.
+# knobs are the defaults in docs/knobs.md.
 model.distill_loss = L(build_distill_loss)(
     options=dict(method="topkd", topkd=dict(k=10, alpha=3.0, beta=1.0)),
     num_classes="${..roi_heads.num_classes}",

@@ -41,7 +41,7 @@ model.teacher = L(build_teacher)(
     weights="output/demo/teacher/model_final.pth",
     dtype="float32",
 )
-# The tree of MODEL.DISTILL in lower case: K valid for C+1 = 25 classes, the rest the README's defaults.
+# The tree of MODEL.DISTILL in lower case: K valid for C+1 = 25 classes, the rest the defaults in docs/knobs.md.
 model.distill_loss = L(build_distill_loss)(options=dict(method="topkd", topkd=dict(k=5)),
                                            num_classes="${..roi_heads.num_classes}")
 

@@ -25,8 +25,8 @@ TOPKD_MODES = ("kl", "contrastive", "contrastive+tsm", "contrastive+tdl", "topkd
 NONFINITE_POLICIES = ("error", "skip")
 SCOPES = ("batch", "image")
 
-# Every knob, with its default. Config nodes (yacs, upper-case keys) mirror this tree; the README's
-# knob table documents each value and why it is the default.
+# Every knob, with its default. Config nodes (yacs, upper-case keys) mirror this tree; docs/knobs.md
+# documents each value and why it is the default.
 LOSS_DEFAULTS: Dict[str, Any] = {
     "method": "topkd",
     "mode": "topkd",

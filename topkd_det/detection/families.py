@@ -14,7 +14,7 @@ head* scores each student stage:
 - Cascade R-CNN (``CascadeROIHeads``): stage k's proposals are stage k-1's regressed boxes, matched
   at stage k's IoU. A Cascade teacher scores them with its head of the same stage (trained on that
   IoU); a Faster/Mask teacher with its single head, at every stage.
-- A Cascade teacher for a Faster/Mask student scores the RPN proposals with its stage-1 head: the
+- A Cascade teacher for a Faster/Mask student scores the RPN proposals with its stage-0 head: the
   one trained on that proposal distribution (IoU 0.5 matching of RPN boxes), which the later,
   higher-IoU heads never saw.
 
@@ -85,7 +85,7 @@ def box_stages(roi_heads: nn.Module, proposal_generator: nn.Module, role: str) -
         raise _refuse(role, "it has a keypoint head (MODEL.KEYPOINT_ON)")
     stages = stages_of(roi_heads)
     for k, stage in enumerate(stages):
-        where = f"box predictor of stage {k + 1}" if len(stages) > 1 else "box predictor"
+        where = f"box predictor of stage {k}" if len(stages) > 1 else "box predictor"  # as loss_cls_stage<k>
         if type(stage.predictor) is not FastRCNNOutputLayers:
             raise _refuse(role, f"its {where} is {_class_name(stage.predictor)}, not FastRCNNOutputLayers")
         if getattr(stage.predictor, "use_sigmoid_ce", False):
