@@ -11,7 +11,6 @@ The three settings run interleaved, round after round, in the same two worker pr
 computes the 1-process loss while rank 1 waits), so that machine noise hits them alike; the table
 gives the median and its ratio to the 1-process loss. One thread per process.
 """
-import argparse
 import os
 import socket
 import statistics
@@ -24,6 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.core import build_loss  # noqa: E402
 from topkd_det.reporting import write_markdown  # noqa: E402
 
@@ -95,7 +95,7 @@ def gathered_bytes(rows: int, classes: int) -> int:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = documented_parser(__doc__, "docs/multi_gpu.md")
     parser.add_argument("--rows", type=int, default=1024, help="ROIs per worker per step")
     parser.add_argument("--classes", type=int, default=81)
     parser.add_argument("--repeats", type=int, default=30)

@@ -6,7 +6,7 @@ Exact resume: each epoch's data order comes from (SEED, epoch) through ``Distrib
 checkpoint written after every epoch holds every RNG the next epoch draws from (augmentation, dropout,
 loss subsampling). So a run killed at any point and resumed with ``--resume`` continues from the last
 completed epoch and ends with the same weights as an uninterrupted run (same process count, same
-device; the README lists the limits). The checkpoint also stores the config: a resume under a config
+device; docs/resume_and_errors.md lists the limits). The checkpoint also stores the config: a resume under a config
 that would change the result is refused (``topkd_det.resume_rules``). ``metrics.jsonl`` is
 append-only: lines a killed run wrote after its last checkpoint are written again after resuming
 (take the last line per epoch).

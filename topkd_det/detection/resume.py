@@ -24,7 +24,7 @@ is built when the first batch is drawn, the moment ``start_iter`` is known (0.6 
 iterator in the trainer's constructor, before ``resume_or_load``). With aspect-ratio grouping,
 images waiting in a bucket at the checkpoint are not in any batch yet; when a dataset mixes
 orientations (COCO), up to 2·B − 2 images per process near the resume point are trained twice or
-not at all. Everything else about what is bit-exact is in the README ("Resuming").
+not at all. Everything else about what is bit-exact is in docs/resume_and_errors.md ("Resuming a run").
 """
 import functools
 import json

@@ -35,5 +35,5 @@ def check_distill_config(cfg: CfgNode) -> None:
     # Detectron2 ignores steps beyond MAX_ITER (with a warning) but fails on one equal to it, in every
     # process, once the model is built.
     if cfg.SOLVER.MAX_ITER in cfg.SOLVER.STEPS:
-        raise ConfigError(f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} contains SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: an LR "
-                          "step must come before the last iteration; lower it or raise SOLVER.MAX_ITER")
+        raise ConfigError(f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} contains SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER}: "
+                          "an LR step must come before the last iteration; lower it or raise SOLVER.MAX_ITER")
