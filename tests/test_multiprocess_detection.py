@@ -6,6 +6,7 @@ process or an uninterrupted run, not only exit codes.
 The runs use 1 thread per process (``OMP_NUM_THREADS=1``), so that every way of starting the same
 2-rank run computes with the same kernels and ends bitwise equal.
 """
+import atexit
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 from detectron2.utils import comm
 
@@ -90,10 +92,17 @@ def _config(tmp: Path, data, name: str, family: str = "faster", **overrides) -> 
     return path
 
 
+def _note_process_group_at_exit(out: Path) -> None:
+    # A process group still alive when the interpreter finalises can abort the process (SIGABRT): gloo's
+    # threads may still hold tensors then. The workers must have closed it.
+    (out / f"process_group_at_exit.{os.getpid()}").write_text(str(dist.is_initialized()))
+
+
 def _train_and_keep_replicas(args):
     """tools/train_net.py's training, then each rank's own view of the run for the tests to compare."""
     # Importing this module in a worker ran conftest's torch.set_num_threads: back to the CLI's 1 thread.
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    atexit.register(_note_process_group_at_exit, Path(args.opts[args.opts.index("OUTPUT_DIR") + 1]))
     cfg = engine.setup_cfg(args.config_file, args.opts, args, checked=getattr(args, tool.CHECKED, False))
     trainer = engine.DistillTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
@@ -160,6 +169,7 @@ def test_every_rank_ends_with_the_same_student_and_an_untouched_teacher(whole):
         assert not any("teacher" in name for name in replica["ddp_parameters"])  # never wrapped, never all-reduced
         assert replica["teacher_training"] is False and replica["teacher_requires_grad"] is False
         _assert_same_tensors(replica["teacher"], {k: teacher_file[k] for k in replica["teacher"]})
+    assert sorted(p.read_text() for p in whole["out"].glob("process_group_at_exit*")) == ["False", "False"]
     # The checkpoint is the model every rank holds.
     _assert_same_tensors(_model(whole["out"] / "model_final.pth"), replicas[0]["student"])
 
