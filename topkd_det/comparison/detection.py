@@ -95,7 +95,8 @@ def plan(row: Row, seed: int, root: Path) -> RunSpec:
         length = int(cfg.SOLVER.MAX_ITER)
         method = cfg.MODEL.DISTILL.METHOD if cfg.MODEL.META_ARCHITECTURE == "DistillRCNN" else "none"
     files = [MetadataCatalog.get(name).get("json_file", "") for name in _train_datasets(cfg, lazy) + tests]
-    key = run_key(TASK, fingerprint, [f for f in files if f])
+    files.append(cfg.train.init_checkpoint if lazy else cfg.MODEL.WEIGHTS)  # initial weights, when a local file
+    key = run_key(TASK, fingerprint, [f for f in files if f and os.path.isfile(f)])
     output_dir = run_dir(root, row.name, seed, key)
     return RunSpec(TASK, row.name, seed, str(row.config), tuple(opts + _output_opts(row.config, output_dir)),
                    output_dir, key, length, str(method))

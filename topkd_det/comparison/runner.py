@@ -40,7 +40,6 @@ def execute(spec: RunSpec) -> RunResult:
 
 
 def _worker_init(threads: int) -> None:
-    os.environ["TQDM_DISABLE"] = "1"  # the launching process draws one bar for all runs
     import torch
 
     torch.set_num_threads(threads)
@@ -92,7 +91,17 @@ def _run_in_workers(specs, todo, jobs, threads, results, on_result, desc) -> Non
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init, initargs=(threads,)) as pool, \
             tqdm(total=len(specs), initial=done_before, desc=f"{desc} ({workers} at a time)", unit="run",
                  dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total} runs [{elapsed}<{remaining}]") as bar:
-        futures = {pool.submit(execute, specs[i]): i for i in todo}
+        # The launching process draws one bar for all runs. tqdm reads TQDM_DISABLE when it is imported,
+        # which in a spawned worker happens before any initializer runs: the workers inherit it instead.
+        previous = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
+        try:
+            futures = {pool.submit(execute, specs[i]): i for i in todo}
+        finally:
+            if previous is None:
+                del os.environ["TQDM_DISABLE"]
+            else:
+                os.environ["TQDM_DISABLE"] = previous
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, timeout=_POLL_SECONDS, return_when=FIRST_COMPLETED)

@@ -2,8 +2,8 @@
 (row, seed) one ``RunSpec``, and what a finished run reports (``RunResult``).
 
 A run's folder is ``<output>/<row>/seed<k>-<key>``, where the key digests everything that decides its
-result: the config as trained (seed included, output folder excluded), the teacher weights' content and
-the dataset files' content. A finished run is therefore reused exactly when nothing that matters
+result: the config as trained (seed included, output folder excluded), the content of the teacher's
+weights, and for detection that of the initial weights and of the datasets' annotation files. A finished run is therefore reused exactly when nothing that matters
 changed, and a changed row trains in a new folder instead of overwriting the old one.
 """
 import hashlib
