@@ -16,7 +16,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_runs(tmp_path):
     argv = ["--output", str(out), "--data-root", str(tmp_path / "data"), "--num-train", "8", "--num-eval", "4",
             "--image-size", "64", "--jobs", "2", *TINY]
     table = demo.main(argv)
-    for row in ("| teacher (R18-FPN) | reference |", "| student alone | none |", "| KD | kd |", "| DKD | dkd |",
+    for row in ("| teacher (MV2-FPN, ImageNet init) | reference |", "| student alone | none |", "| KD | kd |", "| DKD | dkd |",
                 "| TopKD | topkd |", "| KD − student alone |", "| TopKD − DKD |", "| TopKD − KD |"):
         assert row in table
     assert "needs ≥ 2 seeds" in table  # one seed: no interval, and the verdict says so

