@@ -5,13 +5,13 @@
 
 Each variant distills the benchmark's student (configs/fashion_mnist/topkd.yaml plus the variant's
 overrides, see benchmarks/ablation_groups.py) from the benchmark's cached teacher, with the budget of
-benchmarks/cls_accuracy.py (same flags). Runs are cached by config; groups share their default runs.
-Writes <output>/<group>.md and .csv with val (for choosing) and test top-1, mean ± std over seeds.
+benchmarks/cls_accuracy.py (same flags). Runs go through the comparison tool's runner
+(topkd_det.comparison): cached by config, so groups share their default runs and an interrupted
+ablation continues. Writes <output>/<group>.md and .csv with val (for choosing) and test top-1, mean ±
+std over seeds.
 """
-import argparse
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,22 +22,16 @@ from ablation_groups import GROUPS, effective, k_group, prefixed, slug  # noqa: 
 
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.cli import documented_parser  # noqa: E402
+from topkd_det.comparison import classification  # noqa: E402
+from topkd_det.comparison.runner import run_all  # noqa: E402
+from topkd_det.comparison.runs import Row  # noqa: E402
 from topkd_det.reporting import fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 PREFIX = "DISTILL."
 ALL = {**GROUPS, "k": k_group((1, 2, 3, 4))}  # C = 10 allows K <= 4
-COLUMNS = ["variant", "val top-1 (best)", "test top-1 (best)", "test top-1 (last)", "seeds"]
-
-
-def _run(job):
-    args, overrides, seed, threads = job
-    import torch
-
-    torch.set_num_threads(threads)
-    variant = argparse.Namespace(**vars(args))
-    variant.output_dir = str(Path(args.output_dir) / "runs" / ("topkd_" + slug(overrides)))
-    variant.opts = [str(v) for v in overrides]
-    return bench.train_student(variant, "topkd", seed, bench.setup_distributed())
+# column -> the comparison's metric: the epoch is chosen on val, its test top-1 reported.
+COLUMNS = {"val top-1 (chosen epoch)": "val_top1", "test top-1 (epoch chosen on val)": "top1",
+           "test top-1 (last)": "last_top1"}
 
 
 def main(argv=None):
@@ -52,32 +46,34 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     args = p.parse_args(argv)
 
-    env = bench.setup_distributed()
-    bench.train_teacher(args, env)
+    bench.train_teacher(args, bench.setup_distributed())
     base = load_cls_cfg(os.path.join(bench.CONFIG_DIR, "topkd.yaml"), check_files=False)
     variants = {g: {name: effective(prefixed(o, PREFIX), base) for name, o in ALL[g].items()} for g in args.groups}
-    jobs = {}
+    topkd = bench.student_rows(["topkd"], args.epochs, args.train_subset, args.teacher_dir)[0]
+    specs = {}
     for members in variants.values():
         for overrides in members.values():
+            row = Row("topkd_" + slug(overrides), topkd.config, (*topkd.opts, *map(str, overrides)))
             for seed in args.seeds:
-                jobs.setdefault((slug(overrides), seed), (args, overrides, seed, 1 if args.jobs > 1 else 2))
-    print(f"{len(jobs)} runs, {args.jobs} at a time", flush=True)
-    with ProcessPoolExecutor(args.jobs) as pool:
-        done = dict(zip(jobs, pool.map(_run, jobs.values())))
+                if (row.name, seed) not in specs:
+                    specs[row.name, seed] = classification.plan(row, seed, Path(args.output_dir) / "runs")
+    print(f"{len(specs)} runs, {args.jobs} at a time", flush=True)
+    done = dict(zip(specs, run_all(list(specs.values()), args.jobs, threads=1, desc="ablation runs")))
 
     for group, members in variants.items():
         rows = []
         for name, overrides in members.items():
-            results = [done[(slug(overrides), s)] for s in args.seeds]
+            results = [done["topkd_" + slug(overrides), s] for s in args.seeds]
             rows.append({"variant": name, "seeds": " ".join(map(str, args.seeds)),
-                         **{label: fmt_mean_std([r[record][metric] for r in results])
-                            for label, record, metric in bench.COLUMNS if label in COLUMNS}})
+                         **{label: fmt_mean_std([r.metrics[metric] for r in results])
+                            for label, metric in COLUMNS.items()}})
         notes = (f"Fashion-MNIST top-1 (%), mean ± std over seeds; choose on val, report test. Student: "
                  f"{args.epochs} epochs on {args.train_subset or 'all'} images. Command: python "
                  f"benchmarks/cls_ablation.py --groups {group} --seeds {' '.join(map(str, args.seeds))}")
-        print(write_markdown(Path(args.output_dir) / f"{group}.md", f"Fashion-MNIST ablation: {group}", COLUMNS, rows,
+        columns = ["variant", *COLUMNS, "seeds"]
+        print(write_markdown(Path(args.output_dir) / f"{group}.md", f"Fashion-MNIST ablation: {group}", columns, rows,
                              notes))
-        write_csv(Path(args.output_dir) / f"{group}.csv", COLUMNS, rows)
+        write_csv(Path(args.output_dir) / f"{group}.csv", columns, rows)
 
 
 if __name__ == "__main__":

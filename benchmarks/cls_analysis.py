@@ -9,6 +9,7 @@ Per seed, t-SNE and the correlation heat-maps put every method side by side in o
 (OUTPUT_DIR/seed<k>/); --images-dir receives seed 0's pictures. The student alone ("none") is compared
 with the benchmark's teacher as well.
 """
+import csv
 import importlib.util
 import json
 import os
@@ -40,6 +41,17 @@ def _read(path: str) -> List[Dict]:
         return json.load(f)
 
 
+def checkpoints(bench_dir: str, methods, seeds) -> Dict:
+    """{(method, seed): the student's last.pth}, found through the benchmark's results.csv (one line per run)."""
+    try:
+        with open(os.path.join(bench_dir, "results.csv"), newline="") as f:
+            runs = {(r["row"], int(r["seed"])): r["output_dir"] for r in csv.DictReader(f)}
+    except OSError:
+        runs = {}
+    return {(m, s): os.path.join(runs.get((NAMES[m], s), os.path.join(bench_dir, f"<no {NAMES[m]} seed {s}>")),
+                                 "last.pth") for m in methods for s in seeds}
+
+
 def main(argv=None) -> None:
     parser = documented_parser(__doc__, "docs/results.md", "docs/analyses.md")
     parser.add_argument("--bench-dir", default="output/cls_bench", help="benchmarks/cls_accuracy.py's --output-dir")
@@ -51,7 +63,7 @@ def main(argv=None) -> None:
     parser.add_argument("--reuse", action="store_true", help="keep a tool's results already in OUTPUT_DIR/seed<k>/")
     args = parser.parse_args(argv)
     teacher = os.path.join(args.bench_dir, "teacher", "last.pth")
-    ckpt = {(m, s): os.path.join(args.bench_dir, m, f"seed{s}", "last.pth") for m in args.methods for s in args.seeds}
+    ckpt = checkpoints(args.bench_dir, args.methods, args.seeds)
     missing = [p for p in [teacher, *ckpt.values()] if not os.path.isfile(p)]
     if missing:
         sys.exit(f"error: missing checkpoints (run benchmarks/cls_accuracy.py first): {', '.join(missing)}")

@@ -5,9 +5,10 @@
     python benchmarks/det_ablation.py --groups final --split test    # KD/DKD/TopKD vs the student alone
 
 Every variant trains the demo's student (configs/embedded/topkd.yaml plus the variant's overrides,
-see benchmarks/ablation_groups.py) with the demo's cached teacher, on the same budget and seeds, and
-is scored with COCO AP on --split. Runs are cached by config, so an interrupted ablation continues and
-groups share their default runs. Writes <output>/<group>_<split>.md and .csv (mean ± std over seeds).
+see benchmarks/ablation_groups.py) with the embedded teacher (trained once, then reused), on the same
+budget and seeds, and is scored with COCO AP on --split. Runs go through the comparison tool's runner
+(topkd_det.comparison): cached by config, so an interrupted ablation continues and groups share their
+default runs. Writes <output>/<group>_<split>.md and .csv (mean ± std over seeds).
 """
 import sys
 from pathlib import Path
@@ -18,8 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ablation_groups import DETECTION_GROUPS, GROUPS, effective, k_group, prefixed, slug  # noqa: E402
 
 from topkd_det.cli import documented_parser  # noqa: E402
+from topkd_det.comparison import detection  # noqa: E402
+from topkd_det.comparison.runner import run_all  # noqa: E402
+from topkd_det.comparison.runs import Row  # noqa: E402
 from topkd_det.data.synthetic_coco import SyntheticConfig  # noqa: E402
 from topkd_det.detection import embedded  # noqa: E402
+from topkd_det.detection.config import load_config  # noqa: E402
 from topkd_det.reporting import fmt_mean_std, write_csv, write_markdown  # noqa: E402
 
 PREFIX = "MODEL.DISTILL."
@@ -42,16 +47,17 @@ def main(argv=None):
     p.add_argument("--split", default="val", choices=["val", "test"])
     p.add_argument("--output", type=Path, default=Path("output/det_ablation"))
     p.add_argument("--data-root", type=Path, default=Path("datasets/embedded_shapes"))
-    p.add_argument("--teacher-dir", type=Path, default=Path("output/demo/teacher"),
-                   help="the demo's cached teacher is reused when its config and data match")
+    p.add_argument("--teacher-root", type=Path, default=Path("output/det_ablation"),
+                   help="the teacher trains in TEACHER_ROOT/teacher/seed0-<key>, reused while its config and "
+                        "data match")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each")
     args = p.parse_args(argv)
 
     data_config = SyntheticConfig()
     data = embedded.prepare_data(args.data_root, data_config)
     size = embedded.size_opts(data_config.image_size)
-    teacher = embedded.train_teacher(args.teacher_dir, data, opts=size)
-    base = embedded.load_config(embedded.CONFIG_DIR / "topkd.yaml")
+    teacher = embedded.train_teacher(args.teacher_root, data, opts=size)
+    base = load_config(embedded.CONFIG_DIR / "topkd.yaml")
 
     variants = {}  # group -> {name: (config file, run directory stem, overrides)}
     for group in args.groups:
@@ -65,23 +71,24 @@ def main(argv=None):
         for name, overrides in ALL[group].items():
             changed = effective(prefixed(overrides, PREFIX), base)
             variants[group][name] = ("topkd.yaml", "topkd_" + slug(changed), changed)
-    jobs = {}
+    specs = {}
     for group in variants.values():
         for name, (config, stem, overrides) in group.items():
             for seed in args.seeds:
-                run_dir = args.output / "runs" / stem / f"seed{seed}"
                 extra = [] if config == "student.yaml" else teacher.student_opts()
-                jobs.setdefault(run_dir, embedded.Job(name, embedded.CONFIG_DIR / config, run_dir, seed, args.split,
-                                                      tuple(size + list(overrides) + extra)))
-    print(f"{len(jobs)} runs on {args.split}, {args.jobs} at a time", flush=True)
-    done = dict(zip(jobs, embedded.run_jobs(list(jobs.values()), args.data_root, data_config, args.jobs)))
+                row = Row(stem, str(embedded.CONFIG_DIR / config),
+                          tuple(size + list(overrides) + embedded.data_opts(data, args.split) + extra))
+                if (stem, seed) not in specs:
+                    specs[stem, seed] = detection.plan(row, seed, args.output / "runs")
+    print(f"{len(specs)} runs on {args.split}, {args.jobs} at a time", flush=True)
+    done = dict(zip(specs, run_all(list(specs.values()), args.jobs, desc="ablation runs")))
 
     for group, members in variants.items():
         rows = []
         for name, (_, stem, _) in members.items():
-            results = [done[args.output / "runs" / stem / f"seed{s}"] for s in args.seeds]
+            results = [done[stem, s] for s in args.seeds]
             rows.append({"variant": name, "seeds": " ".join(map(str, args.seeds)),
-                         **{k: fmt_mean_std([getattr(r, k) for r in results]) for k in ("AP", "AP50", "AP75")}})
+                         **{k: fmt_mean_std([r.metrics[k] for r in results]) for k in ("AP", "AP50", "AP75")}})
         notes = (f"COCO AP on the embedded shapes {args.split} split, mean ± std over seeds. Command: "
                  f"python benchmarks/det_ablation.py --groups {group} --split {args.split} "
                  f"--seeds {' '.join(map(str, args.seeds))}")

@@ -1,4 +1,4 @@
-"""The Fashion-MNIST benchmark's bookkeeping: budgets, cached runs and its tables and plot (no training)."""
+"""The Fashion-MNIST benchmark's bookkeeping: budgets, rows and the cached teacher (no student training)."""
 import importlib.util
 
 import pytest
@@ -23,34 +23,18 @@ def test_lr_stages_scale_cifar_decays():
     assert bench.lr_stages(1) == [1]
 
 
-def test_every_method_config_builds_with_the_benchmark_budget():
+def test_every_row_config_builds_with_the_benchmark_budget():
     bench = _bench()
-    for method in bench.METHODS:
-        opts = bench.budget_opts(3, 10000, 1, "out")
-        if method != "none":
-            opts += ["MODEL.TEACHER_WEIGHTS", "t.pth"]
-        cfg = load_cls_cfg(str(REPO / "configs" / "fashion_mnist" / f"{method}.yaml"), opts, check_files=False)
-        assert (cfg.SOLVER.EPOCHS, cfg.DATASET.TRAIN_SUBSET, cfg.SEED) == (3, 10000, 1)
-
-
-def _result(seed, test, val):
-    record = {"epoch": 3, "test/top1": test, "val/top1": val}
-    return {"seed": seed, "best": record, "last": record}
-
-
-def test_tables_and_plot(tmp_path):
-    bench = _bench()
-    args = bench.argparse.Namespace(output_dir=str(tmp_path), epochs=3, train_subset=10000, teacher_epochs=8,
-                                    seeds=[0, 1], opts=["DISTILL.TOPKD.TEMPERATURE", "0.5"])
-    runs = {"none": [_result(0, 80.0, 81.0), _result(1, 82.0, 83.0)], "topkd": [_result(0, 84.0, 85.0)] * 2}
-    bench.write_outputs(args, _result(0, 90.0, 91.0), runs)
-    table = (tmp_path / "results.md").read_text()
-    assert "| none | 81.00 ± 1.41 | 81.00 ± 1.41 | 82.00 ± 1.41 | 82.00 ± 1.41 | 0 1 |" in table
-    assert "DISTILL.TOPKD.TEMPERATURE 0.5" in table and "teacher (fmnist_teacher)" in table
-    rows = (tmp_path / "results.csv").read_text().splitlines()
-    assert rows[0] == "method,seed,test top-1 (best),test top-1 (last),val top-1 (best),val top-1 (last)"
-    assert len(rows) == 5
-    assert (tmp_path / "results.png").stat().st_size > 1000
+    rows = bench.student_rows(bench.METHODS, 3, 10000, "t", ["DISTILL.WARMUP", "0.5"])
+    assert [r.name for r in rows][-2:] == ["KD+TSM+TDL", "DKD+TSM+TDL"]
+    for method, row in zip(bench.METHODS, rows):
+        cfg = load_cls_cfg(row.config, list(row.opts), check_files=False)
+        assert (cfg.SOLVER.EPOCHS, cfg.DATASET.TRAIN_SUBSET, cfg.SOLVER.LR_DECAY_STAGES) == (3, 10000, [2])
+        assert cfg.DISTILL.WARMUP == 0.5 and cfg.DATASET.VAL_SIZE == 5000  # the epoch is chosen on val
+        assert cfg.MODEL.TEACHER_WEIGHTS == ("" if method == "none" else "t/last.pth")
+    plugins = {r.name: load_cls_cfg(r.config, list(r.opts), check_files=False) for r in rows[-2:]}
+    assert plugins["KD+TSM+TDL"].DISTILL.METHOD == "kd" and plugins["DKD+TSM+TDL"].DISTILL.METHOD == "dkd"
+    assert all(c.DISTILL.PLUGIN.TSM and c.DISTILL.PLUGIN.TDL and c.DISTILL.TOPKD.K == 3 for c in plugins.values())
 
 
 def test_cached_run_is_reused_and_a_changed_config_is_refused(tmp_path):

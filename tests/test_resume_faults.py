@@ -246,7 +246,7 @@ def test_det_resume_onto_another_architecture_is_refused_even_with_the_flag(det,
 
 
 def test_demo_progress_never_counts_past_a_run_length(tmp_path):
-    from topkd_det.detection.embedded import iterations_done
+    from topkd_det.comparison.detection import iterations_done
 
     (tmp_path / "metrics.json").write_text('{"iteration": 399, "loss": 1.0}\n')  # an earlier, longer run
     assert iterations_done(tmp_path, 2) == 2

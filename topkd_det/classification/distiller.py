@@ -67,7 +67,10 @@ def build_teacher(cfg) -> Optional[nn.Module]:
     """The trained teacher of a distillation config, frozen; None for vanilla training."""
     if not is_distillation(cfg):
         return None
-    teacher = build_model(cfg.MODEL.TEACHER, num_classes(cfg))
+    # Built without drawing from the global RNG (its initial weights are overwritten anyway), so that
+    # the student's training draws are those of the same seed without a teacher: comparisons pair on it.
+    with torch.random.fork_rng(devices=[]):
+        teacher = build_model(cfg.MODEL.TEACHER, num_classes(cfg))
     load_weights(teacher, cfg.MODEL.TEACHER_WEIGHTS, f"teacher {cfg.MODEL.TEACHER!r} (MODEL.TEACHER_WEIGHTS)")
     size = cfg.MODEL.TEACHER_INPUT_SIZE
     if size and size != input_size(cfg):

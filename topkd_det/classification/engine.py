@@ -383,7 +383,10 @@ class Trainer:
         if env.main and (not resumed or self.config_changes):
             write_text_atomic(os.path.join(self.out, "config.yaml"), cfg.dump())
         if not resumed and self.teacher is not None and cfg.TEST.EVAL_TEACHER:
-            self.records["teacher"] = self.evaluate_all(self.teacher)
+            # Each loader's iterator draws its base seed from the global RNG: kept out of the student's
+            # draws (dropout, augmentation), so that a seed trains the same with and without a teacher.
+            with torch.random.fork_rng(devices=[]):
+                self.records["teacher"] = self.evaluate_all(self.teacher)
             self._log({"type": "teacher", "epoch": 0, **self.records["teacher"]}, 0)
             logger.info("teacher %s: %s", cfg.MODEL.TEACHER, _fmt(self.records["teacher"]))
         for epoch in range(self.start_epoch, cfg.SOLVER.EPOCHS):

@@ -92,7 +92,7 @@ class SyntheticConfig:
     num_train: int = 2000
     num_val: int = 300
     num_test: int = 300
-    image_size: int = 128
+    image_size: int = 96
     min_objects: int = 1
     max_objects: int = 6
     # Object size: side of the shape's square frame before aspect jitter, as a fraction of

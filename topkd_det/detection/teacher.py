@@ -190,6 +190,8 @@ def build_teacher(config: Union[str, torch.nn.Module], weights: str, dtype: str 
     model already built (a lazy ``model`` node that ``instantiate`` built). Everything cheap is
     checked first, the model family before the weights are read. This is the lazy-config entry point
     (``L(build_teacher)(config=..., weights=...)``); yacs configs go through ``from_student_cfg``.
+    A teacher built here from a file leaves the global RNGs as they were (a model passed in was built
+    by its caller).
     """
     check_dtype(dtype, keys)
     check_weights_path(weights, keys)
@@ -197,10 +199,15 @@ def build_teacher(config: Union[str, torch.nn.Module], weights: str, dtype: str 
         model = config.to(device)
     elif not isinstance(config, str):
         raise ConfigError(f"{keys.config} must be a config file path or a model, got {type(config).__name__}")
-    elif resolve_config_path(config, keys.config).endswith(".py"):
-        model = _lazy_teacher_model(resolve_config_path(config, keys.config), opts, keys).to(device)
     else:
-        model = build_model(yacs_teacher_cfg(config, opts, weights, device, keys))
+        # The initial weights the file overwrites would draw from the global RNG: a student built after
+        # its teacher would start elsewhere, and train on other random draws, than the same student
+        # built without one. Rows of a comparison are paired on exactly that.
+        with torch.random.fork_rng(devices=[]):
+            if resolve_config_path(config, keys.config).endswith(".py"):
+                model = _lazy_teacher_model(resolve_config_path(config, keys.config), opts, keys).to(device)
+            else:
+                model = build_model(yacs_teacher_cfg(config, opts, weights, device, keys))
     teacher = FrozenTeacher(model, dtype, keys)
     load_teacher_weights(model, weights, keys)
     return teacher
