@@ -1,23 +1,29 @@
 """Training and evaluation entry points in Detectron2's ``DefaultTrainer`` style."""
+import logging
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_setup
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from ..config_io import ConfigError
-from .checkpoint import AtomicCheckpointer
+from .class_names import KnownClasses, check_teacher_classes, dataset_classes, teacher_classes
 from .config import load_config
+from .data_check import Dataset, DatasetSummary, Needs, check_data
 from .datasets import (check_class_count, check_dataset_files, check_dataset_registered,
                        register_builtin_synthetic, register_coco_instances_from_cfg)
+from .device import device_line
+from .evaluation import eval_folder, load_for_evaluation, weights_to_evaluate
 from .families import SUPPORTED
 from .resume import ResumableTrainer, check_resume_config
 from .teacher import FrozenTeacher, check_teacher_cfg, resolve_config_path, teacher_cfg_from
 from .validation import check_distill_config
 
+logger = logging.getLogger(__name__)
 
 class ProgressBar(HookBase):
     """A tqdm bar over the iterations of the main process, beside Detectron2's periodic log lines."""
@@ -49,47 +55,94 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
         return super().build_hooks() + [ProgressBar()]
 
 
-def check_datasets(cfg: CfgNode, check_files: bool = True) -> None:
+def data_needs(cfg: CfgNode) -> Needs:
+    return Needs(cfg.DATASETS.MAX_DROPPED_BOX_FRACTION, "DATASETS.MAX_DROPPED_BOX_FRACTION",
+                 masks=cfg.MODEL.MASK_ON, keypoints=cfg.MODEL.KEYPOINT_ON)
+
+
+def check_datasets(cfg: CfgNode, check_files: bool = True, training: bool = True) -> List[DatasetSummary]:
     """Register ``DATASETS.COCO_INSTANCES`` and fail before any work if a dataset in DATASETS.TRAIN/TEST
-    is not registered, lacks its files (``check_files``), or has another class count than the model."""
+    is not registered, lacks its files (``check_files``), has another class count than the model, or
+    fails the data check (``data_check.py``; without ``training``, as for ``--eval-only``, the training
+    sets' class names only). Returns the data check's summaries, for the log."""
     own_names = register_coco_instances_from_cfg(cfg.DATASETS.COCO_INSTANCES)
     register_builtin_synthetic()
+    datasets = []
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
             check_dataset_registered(name, key=f"DATASETS.{key}", own_names=own_names)
             if check_files:
                 check_dataset_files(name, key=f"DATASETS.{key}")
             check_class_count(name, f"DATASETS.{key}", cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+            datasets.append(Dataset(name, f"DATASETS.{key}", train=key == "TRAIN"))
+    return check_data(datasets, data_needs(cfg), [check_files and (training or not d.train) for d in datasets])
+
+
+def student_classes(train_names) -> Optional[KnownClasses]:
+    names = dataset_classes(train_names)
+    return KnownClasses(names, f"DATASETS.TRAIN {train_names[0]!r}") if names is not None else None
 
 
 def check_teacher(cfg: CfgNode) -> None:
-    """The teacher's config (file and OPTS) reads, and its class count is the student's: checked on the
-    YAML alone, before either model is built."""
+    """The teacher's config (file and OPTS) reads, and its class count is the student's, and its class
+    names where known (``class_names.py``): checked on the YAML alone, before either model is built."""
     if cfg.MODEL.META_ARCHITECTURE != "DistillRCNN":
         if cfg.MODEL.DISTILL.METHOD != "none":
             raise ConfigError(f"MODEL.DISTILL.METHOD {cfg.MODEL.DISTILL.METHOD} needs MODEL.META_ARCHITECTURE "
                               f"DistillRCNN, not {cfg.MODEL.META_ARCHITECTURE}: {SUPPORTED} can be distilled")
         return
-    if resolve_config_path(cfg.MODEL.TEACHER.CONFIG_FILE, "MODEL.TEACHER.CONFIG_FILE").endswith(".py"):
-        return  # a LazyConfig teacher: its family and class count are checked when it is built
-    check_teacher_cfg(teacher_cfg_from(cfg), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    teacher_cfg = None
+    if not resolve_config_path(cfg.MODEL.TEACHER.CONFIG_FILE, "MODEL.TEACHER.CONFIG_FILE").endswith(".py"):
+        # A LazyConfig teacher's family and class count are checked when it is built.
+        teacher_cfg = teacher_cfg_from(cfg)
+        check_teacher_cfg(teacher_cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    teacher = teacher_classes(cfg.MODEL.TEACHER.WEIGHTS, "MODEL.TEACHER.WEIGHTS", teacher_cfg,
+                              "MODEL.TEACHER.CONFIG_FILE")
+    check_teacher_classes(student_classes(cfg.DATASETS.TRAIN), teacher, "MODEL.TEACHER.ALLOW_OTHER_CLASSES True",
+                          cfg.MODEL.TEACHER.ALLOW_OTHER_CLASSES)
+
+
+def _evaluates_teacher(args) -> bool:
+    return args is not None and getattr(args, "eval_teacher", False)  # a flag of tools/train_net.py only
+
+
+def _record_folder(cfg: CfgNode, args) -> CfgNode:
+    """The config whose OUTPUT_DIR ``default_setup`` writes config.yaml and log.txt into: an
+    evaluation's own folder below the run, so that it never rewrites the run's config.yaml."""
+    if not (args.eval_only or _evaluates_teacher(args)):
+        return cfg
+    record = cfg.clone()
+    record.defrost()
+    record.OUTPUT_DIR = eval_folder(cfg.OUTPUT_DIR, teacher=_evaluates_teacher(args))
+    record.freeze()
+    return record
 
 
 def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Sequence = ()) -> CfgNode:
     """Load, check and freeze the config; with ``args``, then Detectron2's ``default_setup`` (logging,
-    config dump, seeding). ``coco_datasets`` are ``[name, json_file, image_root]`` entries appended to
-    ``DATASETS.COCO_INSTANCES``. Every check runs before the dump, so a bad config leaves no run folder."""
+    config dump, seeding) and the data check's summary in the log. ``coco_datasets`` are ``[name,
+    json_file, image_root]`` entries appended to ``DATASETS.COCO_INSTANCES``. Every check runs before
+    the dump, so a bad config leaves no run folder; an evaluation (``--eval-only``, ``--eval-teacher``)
+    writes its config and log below the run folder (``evaluation.py``)."""
     cfg = load_config(config_file, opts)
     check_distill_config(cfg)
     cfg.DATASETS.COCO_INSTANCES = list(cfg.DATASETS.COCO_INSTANCES) + [list(entry) for entry in coco_datasets]
     cfg.freeze()
-    check_datasets(cfg)
-    if not (args is not None and args.eval_only):  # evaluating the student needs no teacher
+    eval_only = args is not None and args.eval_only and not _evaluates_teacher(args)
+    summaries = check_datasets(cfg, training=not (eval_only or _evaluates_teacher(args)))
+    if eval_only:  # evaluating the student needs no teacher, but weights
+        weights_to_evaluate(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR, "OUTPUT_DIR", args.resume)
+    else:
         check_teacher(cfg)
     if args is not None:
         if args.resume and not args.eval_only:
             check_resume_config(cfg, getattr(args, "allow_config_change", False))
-        default_setup(cfg, args)
+        record = _record_folder(cfg, args)
+        default_setup(record, args)
+        setup_logger(record.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="topkd_det")
+        logger.info(device_line(cfg.MODEL.DEVICE, "MODEL.DEVICE"))
+        for summary in summaries:
+            logger.info("data check: %s", summary.line())
     return cfg
 
 
@@ -103,14 +156,21 @@ def student_only(cfg: CfgNode) -> CfgNode:
 
 
 def evaluate_student(cfg: CfgNode, weights: str, resume: bool = False):
+    """The student alone with ``weights`` (``--resume``: the run's newest checkpoint; no weights: the
+    run's newest checkpoint, see ``evaluation.weights_to_evaluate``)."""
+    path = weights_to_evaluate(weights, "MODEL.WEIGHTS", cfg.OUTPUT_DIR, "OUTPUT_DIR", resume)
     cfg = student_only(cfg)
     model = DistillTrainer.build_model(cfg)
-    AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights, resume=resume)
+    load_for_evaluation(model, path, "MODEL.WEIGHTS" if path == weights else "the run's checkpoint", cfg.OUTPUT_DIR)
     return DistillTrainer.test(cfg, model)
 
 
 def evaluate_teacher(cfg: CfgNode):
-    return DistillTrainer.test(cfg, FrozenTeacher.from_student_cfg(cfg).model)
+    """The teacher alone, its results in ``OUTPUT_DIR/teacher_eval/<dataset>/``, beside the student's
+    ``OUTPUT_DIR/inference/``."""
+    folder = eval_folder(cfg.OUTPUT_DIR, teacher=True)
+    evaluators = [DistillTrainer.build_evaluator(cfg, name, os.path.join(folder, name)) for name in cfg.DATASETS.TEST]
+    return DistillTrainer.test(cfg, FrozenTeacher.from_student_cfg(cfg).model, evaluators)
 
 
 def train(cfg: CfgNode, resume: bool = False, allow_config_change: bool = False):

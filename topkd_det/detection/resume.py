@@ -45,13 +45,16 @@ from ..resume_rules import Change, ResumeRules, check_resume, flatten
 from ..rng import rng_state, set_rng_state
 from ..state_dicts import mismatch
 from .checkpoint import FINAL, AtomicCheckpointer, CheckpointError, newest_readable_checkpoint
+from .class_names import classes_entry
 
 logger = logging.getLogger(__name__)
 
-# Keys that only decide where and how often files are written, and what evaluation runs on; changing
-# them does not change the trained weights.
+# Keys that only decide where and how often files are written, what evaluation runs on and what the
+# checks before a run accept; changing them does not change the trained weights. MODEL.WEIGHTS is what
+# a run starts from: a resume loads its checkpoint instead (an evaluation sets MODEL.WEIGHTS to it).
 RESUME_RULES = ResumeRules("SOLVER.MAX_ITER", ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD", "TEST.",
-                                               "DATASETS.TEST"), "iterations")
+                                               "DATASETS.TEST", "MODEL.WEIGHTS", "DATASETS.MAX_DROPPED_BOX_FRACTION",
+                                               "MODEL.TEACHER.ALLOW_OTHER_CLASSES"), "iterations")
 TEACHER_DIGEST = "MODEL.TEACHER.WEIGHTS (sha256)"
 
 
@@ -280,6 +283,7 @@ class ResumableTrainer:
             "config_changes": self.config_changes,
             "rng": rng_state(),
             "world_size": comm.get_world_size(),
+            **classes_entry(self.cfg.DATASETS.TRAIN),
         }
 
     def resume_or_load(self, resume=True):

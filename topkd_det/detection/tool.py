@@ -22,6 +22,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], e
     args = parser.parse_args(argv)
     if not args.config_file:
         parser.error(f"--config-file is required ({example})")
+    # Detectron2's parser takes everything after the first override as overrides (argparse.REMAINDER).
+    flags = [opt for opt in args.opts if isinstance(opt, str) and opt.startswith("--")]
+    if flags:
+        parser.error(f"{', '.join(flags)} came after the config overrides, which take everything after the first "
+                     f"one: put flags before the overrides (--config-file FILE {flags[0]} ... then the overrides)")
     return args
 
 

@@ -1,0 +1,210 @@
+"""What a COCO instances json holds, read once per file: its class names, and its images and
+annotations counted the way Detectron2 will treat them. A json Detectron2 would fail on (or read
+wrongly) is refused here in one line naming the file, the field and an example id.
+
+Which boxes Detectron2 drops, on both builds (``load_coco_json``, ``DatasetMapper``,
+``transform_instance_annotations`` and ``filter_empty_instances`` in ``detectron2/data``):
+
+- an annotation whose ``segmentation`` is a polygon list with no polygon of three points is skipped
+  when the json is loaded, masks trained or not (``invalid polygon``);
+- every other box is converted to corners, resized and flipped with the image, clipped to the image,
+  and dropped if its width or height is then not above 1e-5 px. So a box of zero or negative width
+  or height is dropped (``zero or negative size``), and so is a box with no area inside the image
+  (``outside the image``), while a box only partly outside is clipped and kept (counted as clipped,
+  not dropped). Resizing and flipping change neither verdict, so they are decided here on the json.
+- ``iscrowd`` annotations are loaded but never trained on (counted as crowd).
+"""
+import json
+import os
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from ..config_io import ConfigError
+
+ZERO_SIZE = "zero or negative size"
+OUTSIDE = "outside the image"
+INVALID_POLYGON = "invalid polygon (fewer than 3 points)"
+DROP_REASONS = (ZERO_SIZE, OUTSIDE, INVALID_POLYGON)
+
+
+class Tally(NamedTuple):
+    count: int
+    example: object  # the id of the first annotation (or image) counted, None when count is 0
+
+
+@dataclass(frozen=True)
+class CocoFacts:
+    json_file: str
+    categories: Tuple[str, ...]  # names in the order of their ids: Detectron2's contiguous class order
+    num_images: int
+    num_annotations: int
+    file_names: Tuple[str, ...]  # of the images, as the json gives them (relative to the image root)
+    crowd: Tally
+    dropped: Dict[str, Tally]  # reason (DROP_REASONS) -> boxes Detectron2 drops for it
+    clipped: Tally  # partly outside the image: clipped and kept
+    without_segmentation: Tally
+    without_keypoints: Tally
+    images_without_usable: int  # images with no trainable box, which Detectron2 leaves out of training
+    usable: int = field(init=False)  # annotations a model trains on
+
+    def __post_init__(self):
+        dropped = sum(t.count for t in self.dropped.values())
+        object.__setattr__(self, "usable", self.num_annotations - self.crowd.count - dropped)
+
+
+class _Counter:
+    def __init__(self):
+        self.count, self.example = 0, None
+
+    def add(self, example) -> None:
+        if self.count == 0:
+            self.example = example
+        self.count += 1
+
+    def tally(self) -> Tally:
+        return Tally(self.count, self.example)
+
+
+def _fail(key: str, json_file: str, what: str) -> ConfigError:
+    return ConfigError(f"{key}: {json_file}: {what}")
+
+
+def _load(json_file: str, key: str) -> dict:
+    try:
+        with open(json_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        what = "is empty" if not err.doc.strip() else (
+            f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}, char {err.pos} of "
+            f"{len(err.doc)}; a truncated file ends early)")
+        raise ConfigError(f"{key}: {json_file} {what}; re-export or re-download the annotations") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{key}: {json_file} cannot be read ({err})") from None
+    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise ConfigError(f"{key}: {json_file} is not a COCO instances file: it lacks {', '.join(missing)}")
+    return data
+
+
+def _categories(data: dict, key: str, json_file: str) -> Dict[object, int]:
+    categories = data["categories"]
+    if not categories or not all(isinstance(c, dict) and "id" in c and "name" in c for c in categories):
+        raise ConfigError(f"{key}: {json_file} needs a non-empty 'categories' list of {{'id', 'name'}} entries")
+    ids = [c["id"] for c in categories]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise _fail(key, json_file, f"category id {duplicate!r} appears twice in 'categories'")
+    return {c["id"]: c for c in categories}
+
+
+def _positive(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and value > 0
+
+
+def _images(data: dict, key: str, json_file: str) -> Dict[object, Tuple[float, float]]:
+    """image id -> (width, height); every field Detectron2 reads of an image is there."""
+    sizes = {}
+    for position, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or "id" not in image:
+            raise _fail(key, json_file, f"'images'[{position}] has no 'id'")
+        image_id = image["id"]
+        for name in ("file_name", "width", "height"):
+            if name not in image:
+                raise _fail(key, json_file, f"image id {image_id!r} has no '{name}' (Detectron2 reads file_name, "
+                                            "width and height of every image; re-export the json with them)")
+        if not (_positive(image["width"]) and _positive(image["height"])):
+            raise _fail(key, json_file, f"image id {image_id!r} has width {image['width']!r} and height "
+                                        f"{image['height']!r}; both must be positive numbers")
+        if image_id in sizes:
+            raise _fail(key, json_file, f"image id {image_id!r} appears twice in 'images'")
+        sizes[image_id] = (image["width"], image["height"])
+    return sizes
+
+
+def _bbox(ann: dict, key: str, json_file: str) -> List[float]:
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, Real) for v in bbox)):
+        raise _fail(key, json_file, f"annotation id {ann['id']!r} has bbox {bbox!r}; every annotation needs "
+                                    "'bbox': [x, y, width, height] (numbers)")
+    return bbox
+
+
+def _has_valid_polygon(segmentation) -> bool:
+    return any(len(polygon) % 2 == 0 and len(polygon) >= 6 for polygon in segmentation)
+
+
+def _read(json_file: str, key: str) -> CocoFacts:
+    data = _load(json_file, key)
+    categories = _categories(data, key, json_file)
+    sizes = _images(data, key, json_file)
+    dropped = {reason: _Counter() for reason in DROP_REASONS}
+    crowd, clipped, no_segmentation, no_keypoints = _Counter(), _Counter(), _Counter(), _Counter()
+    usable_images, annotation_ids = set(), set()
+    for position, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "id" not in ann:
+            raise _fail(key, json_file, f"'annotations'[{position}] has no 'id'")
+        ann_id = ann["id"]
+        if ann_id in annotation_ids:
+            raise _fail(key, json_file, f"annotation id {ann_id!r} appears twice (Detectron2 needs unique ids)")
+        annotation_ids.add(ann_id)
+        size = sizes.get(ann.get("image_id"))
+        if size is None:
+            raise _fail(key, json_file, f"annotation id {ann_id!r} has image_id {ann.get('image_id')!r}, which "
+                                        "'images' does not list")
+        if ann.get("category_id") not in categories:
+            known = ", ".join(map(str, list(categories)[:10])) + (", ..." if len(categories) > 10 else "")
+            raise _fail(key, json_file, f"annotation id {ann_id!r} has category_id {ann.get('category_id')!r}, "
+                                        f"which 'categories' does not list (its ids: {known})")
+        if ann.get("ignore", 0):
+            raise _fail(key, json_file, f"annotation id {ann_id!r} has ignore={ann['ignore']!r}, which Detectron2 "
+                                        "does not support: remove those annotations or mark them iscrowd")
+        x, y, w, h = _bbox(ann, key, json_file)
+        segmentation = ann.get("segmentation")
+        if not segmentation:
+            no_segmentation.add(ann_id)
+        if not ann.get("keypoints"):
+            no_keypoints.add(ann_id)
+        if isinstance(segmentation, list) and segmentation and not _has_valid_polygon(segmentation):
+            dropped[INVALID_POLYGON].add(ann_id)
+            continue
+        if ann.get("iscrowd", 0):
+            crowd.add(ann_id)
+            continue
+        width, height = size
+        if w <= 0 or h <= 0:
+            dropped[ZERO_SIZE].add(ann_id)
+        elif x >= width or y >= height or x + w <= 0 or y + h <= 0:
+            dropped[OUTSIDE].add(ann_id)
+        else:
+            if x < 0 or y < 0 or x + w > width or y + h > height:
+                clipped.add(ann_id)
+            usable_images.add(ann["image_id"])
+    names = tuple(c["name"] for _, c in sorted(categories.items(), key=lambda item: item[0]))
+    return CocoFacts(
+        json_file=json_file, categories=names, num_images=len(sizes), num_annotations=len(data["annotations"]),
+        file_names=tuple(image["file_name"] for image in data["images"]), crowd=crowd.tally(),
+        dropped={reason: counter.tally() for reason, counter in dropped.items()}, clipped=clipped.tally(),
+        without_segmentation=no_segmentation.tally(), without_keypoints=no_keypoints.tally(),
+        images_without_usable=len(sizes) - len(usable_images))
+
+
+_CACHE: Dict[Tuple[str, int, int], CocoFacts] = {}
+_CACHED_FILES = 16
+
+
+def read_coco_facts(json_file: str, key: str) -> CocoFacts:
+    """The facts of a COCO instances json, parsed once per file version (path, size, modification
+    time), so that registering a dataset and checking it share one read. ``key`` names where the file
+    was given, for errors."""
+    json_file = os.path.abspath(json_file)
+    try:
+        stat = os.stat(json_file)
+    except OSError as err:
+        raise ConfigError(f"{key}: {json_file} cannot be read ({err.strerror})") from None
+    version = (json_file, stat.st_size, stat.st_mtime_ns)
+    if version not in _CACHE:
+        if len(_CACHE) >= _CACHED_FILES:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[version] = _read(json_file, key)
+    return _CACHE[version]
