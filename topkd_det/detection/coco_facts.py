@@ -2,17 +2,20 @@
 annotations counted the way Detectron2 will treat them. A json Detectron2 would fail on (or read
 wrongly) is refused here in one line naming the file, the field and an example id.
 
-Which boxes Detectron2 drops, on both builds (``load_coco_json``, ``DatasetMapper``,
-``transform_instance_annotations`` and ``filter_empty_instances`` in ``detectron2/data``):
+Which boxes Detectron2 drops or moves, on both builds (``load_coco_json``, ``DatasetMapper``,
+``transform_instance_annotations``, ``filter_empty_instances`` in ``detectron2/data`` and fvcore's
+``Transform.apply_box``), checked against Detectron2 itself in tests/test_own_coco_data.py:
 
 - an annotation whose ``segmentation`` is a polygon list with no polygon of three points is skipped
   when the json is loaded, masks trained or not (``invalid polygon``);
-- every other box is converted to corners, resized and flipped with the image, clipped to the image,
-  and dropped if its width or height is then not above 1e-5 px. So a box of zero or negative width
-  or height is dropped (``zero or negative size``), and so is a box with no area inside the image
-  (``outside the image``), while a box only partly outside is clipped and kept (counted as clipped,
-  not dropped). Resizing and flipping change neither verdict, so they are decided here on the json.
-- ``iscrowd`` annotations are loaded but never trained on (counted as crowd).
+- ``iscrowd`` annotations are loaded but never trained on (counted as crowd);
+- every other box is turned into corners, which the augmentations (resize, flip) move; the box is
+  then the min/max of its corners, clipped to the image, and dropped if its width or height is not
+  above 1e-5 px. So a box of zero width or height is dropped (``zero width or height``), as is one with
+  no area inside the image (``outside the image``); a box only partly outside is clipped and kept
+  (counted as clipped). A box of negative width or height is *not* dropped: its corners span
+  [x + w, x], so Detectron2 trains that mirrored box (``negative width or height``, counted as
+  misplaced). Resizing and flipping change none of these verdicts, so they are decided on the json.
 """
 import json
 import os
@@ -22,10 +25,11 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from ..config_io import ConfigError
 
-ZERO_SIZE = "zero or negative size"
+ZERO_SIZE = "zero width or height"
 OUTSIDE = "outside the image"
 INVALID_POLYGON = "invalid polygon (fewer than 3 points)"
 DROP_REASONS = (ZERO_SIZE, OUTSIDE, INVALID_POLYGON)
+NEGATIVE_SIZE = "negative width or height, trained as the mirrored box"
 
 
 class Tally(NamedTuple):
@@ -42,15 +46,24 @@ class CocoFacts:
     file_names: Tuple[str, ...]  # of the images, as the json gives them (relative to the image root)
     crowd: Tally
     dropped: Dict[str, Tally]  # reason (DROP_REASONS) -> boxes Detectron2 drops for it
+    misplaced: Tally  # negative width or height: Detectron2 trains the box its corners span instead
     clipped: Tally  # partly outside the image: clipped and kept
     without_segmentation: Tally
     without_keypoints: Tally
     images_without_usable: int  # images with no trainable box, which Detectron2 leaves out of training
-    usable: int = field(init=False)  # annotations a model trains on
+    usable: int = field(init=False)  # annotations a model trains on (the misplaced ones included)
 
     def __post_init__(self):
-        dropped = sum(t.count for t in self.dropped.values())
-        object.__setattr__(self, "usable", self.num_annotations - self.crowd.count - dropped)
+        object.__setattr__(self, "usable", self.num_annotations - self.crowd.count - self.num_dropped)
+
+    @property
+    def num_dropped(self) -> int:
+        return sum(t.count for t in self.dropped.values())
+
+    def bad_boxes(self) -> Dict[str, Tally]:
+        """The boxes Detectron2 drops or misplaces, by reason (those with a count only)."""
+        reasons = {**self.dropped, NEGATIVE_SIZE: self.misplaced}
+        return {reason: tally for reason, tally in reasons.items() if tally.count}
 
 
 class _Counter:
@@ -139,7 +152,8 @@ def _read(json_file: str, key: str) -> CocoFacts:
     categories = _categories(data, key, json_file)
     sizes = _images(data, key, json_file)
     dropped = {reason: _Counter() for reason in DROP_REASONS}
-    crowd, clipped, no_segmentation, no_keypoints = _Counter(), _Counter(), _Counter(), _Counter()
+    crowd, misplaced, clipped = _Counter(), _Counter(), _Counter()
+    no_segmentation, no_keypoints = _Counter(), _Counter()
     usable_images, annotation_ids = set(), set()
     for position, ann in enumerate(data["annotations"]):
         if not isinstance(ann, dict) or "id" not in ann:
@@ -172,19 +186,23 @@ def _read(json_file: str, key: str) -> CocoFacts:
             crowd.add(ann_id)
             continue
         width, height = size
-        if w <= 0 or h <= 0:
+        x0, x1, y0, y1 = min(x, x + w), max(x, x + w), min(y, y + h), max(y, y + h)  # the corners' span
+        if w == 0 or h == 0:
             dropped[ZERO_SIZE].add(ann_id)
-        elif x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        elif x0 >= width or y0 >= height or x1 <= 0 or y1 <= 0:
             dropped[OUTSIDE].add(ann_id)
         else:
-            if x < 0 or y < 0 or x + w > width or y + h > height:
+            if w < 0 or h < 0:
+                misplaced.add(ann_id)
+            elif x0 < 0 or y0 < 0 or x1 > width or y1 > height:
                 clipped.add(ann_id)
             usable_images.add(ann["image_id"])
     names = tuple(c["name"] for _, c in sorted(categories.items(), key=lambda item: item[0]))
     return CocoFacts(
         json_file=json_file, categories=names, num_images=len(sizes), num_annotations=len(data["annotations"]),
         file_names=tuple(image["file_name"] for image in data["images"]), crowd=crowd.tally(),
-        dropped={reason: counter.tally() for reason, counter in dropped.items()}, clipped=clipped.tally(),
+        dropped={reason: counter.tally() for reason, counter in dropped.items()}, misplaced=misplaced.tally(),
+        clipped=clipped.tally(),
         without_segmentation=no_segmentation.tally(), without_keypoints=no_keypoints.tally(),
         images_without_usable=len(sizes) - len(usable_images))
 

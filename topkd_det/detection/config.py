@@ -32,9 +32,10 @@ def add_topkd_config(cfg: CN) -> None:
     # DATASETS.TRAIN/TEST may then name them; being part of the dumped config.yaml, they need not be
     # repeated for --resume or --eval-only.
     cfg.DATASETS.COCO_INSTANCES = []
-    # The dataset check (data_check.py) stops the run when a dataset has more boxes than this fraction
-    # that Detectron2 would drop (zero or negative size, outside the image, invalid polygon).
-    cfg.DATASETS.MAX_DROPPED_BOX_FRACTION = 0.01
+    # The dataset check (data_check.py) stops the run when more than this fraction of a dataset's boxes
+    # are ones Detectron2 drops (zero width or height, outside the image, invalid polygon) or misplaces
+    # (negative width or height); 1.0 accepts any.
+    cfg.DATASETS.MAX_BAD_BOX_FRACTION = 0.01
 
     cfg.MODEL.DISTILL = distill_cfg_node(CN)
     cfg.MODEL.DISTILL.METHOD = "none"

@@ -21,7 +21,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 from detectron2.data import MetadataCatalog
 
 from ..config_io import ConfigError
-from .coco_facts import DROP_REASONS, CocoFacts, Tally, read_coco_facts
+from .coco_facts import CocoFacts, Tally, read_coco_facts
+from .datasets import check_class_count
 
 _SHOWN = 5  # missing files and differing classes named in a message
 
@@ -36,13 +37,18 @@ class Dataset(NamedTuple):
 class Needs:
     """What the model asks of its data, and the config keys that say so (for messages)."""
 
-    max_dropped_fraction: float
-    max_dropped_key: str  # e.g. "DATASETS.MAX_DROPPED_BOX_FRACTION" or "train.max_dropped_box_fraction"
+    num_classes: Optional[int]
+    max_bad_fraction: float
+    max_bad_key: str  # e.g. "DATASETS.MAX_BAD_BOX_FRACTION" or "train.max_bad_box_fraction"
     assign: str = " "  # between key and value on the command line: " " (yacs) or "=" (LazyConfig)
     masks: bool = False
     masks_key: str = "MODEL.MASK_ON"
+    masks_off: str = "set MODEL.MASK_ON False"  # how to train boxes only
     keypoints: bool = False
     keypoints_key: str = "MODEL.KEYPOINT_ON"
+    keypoints_off: str = "set MODEL.KEYPOINT_ON False"
+    classes_key: str = "MODEL.ROI_HEADS.NUM_CLASSES"
+    teacher_opts_key: str = "MODEL.TEACHER.OPTS"
 
 
 @dataclass(frozen=True)
@@ -59,8 +65,9 @@ class DatasetSummary:
         dropped = [f"{t.count} {reason}" for reason, t in facts.dropped.items() if t.count]
         return (f"{head}, {facts.json_file}: {facts.num_images} images (all files present), {facts.num_annotations} "
                 f"annotations, {len(facts.categories)} classes; {facts.usable} usable boxes; dropped by Detectron2: "
-                f"{', '.join(dropped) or 'none'}; {facts.clipped.count} clipped to the image; {facts.crowd.count} "
-                f"crowd (not trained on); {facts.images_without_usable} images without a usable box")
+                f"{', '.join(dropped) or 'none'}; {facts.misplaced.count} with negative width or height (trained as "
+                f"the mirrored box); {facts.clipped.count} clipped to the image; {facts.crowd.count} crowd (not "
+                f"trained on); {facts.images_without_usable} images without a usable box")
 
 
 def _example(tally: Tally) -> str:
@@ -86,18 +93,20 @@ def _check_trainable(dataset: Dataset, facts: CocoFacts) -> None:
                       "height] in pixels of the image)")
 
 
-def _check_dropped(dataset: Dataset, facts: CocoFacts, needs: Needs) -> None:
+def _check_bad_boxes(dataset: Dataset, facts: CocoFacts, needs: Needs) -> None:
     candidates = facts.num_annotations - facts.crowd.count
-    dropped = sum(t.count for t in facts.dropped.values())
-    if not candidates or dropped / candidates <= needs.max_dropped_fraction:
+    bad = facts.bad_boxes()
+    count = sum(t.count for t in bad.values())
+    if not candidates or count / candidates <= needs.max_bad_fraction:
         return
-    fraction = dropped / candidates
-    reasons = ", ".join(f"{t.count} {reason} ({_example(t)})" for reason, t in facts.dropped.items() if t.count)
-    effect = ("Detectron2 drops them silently in training" if dataset.train
-              else "COCO evaluation keeps them as ground truth no detection can match")
-    raise ConfigError(f"{_where(dataset, facts)}: {dropped} of its {candidates} boxes ({fraction:.1%}) are {reasons}, "
-                      f"and {effect}; that is above {needs.max_dropped_key} {needs.max_dropped_fraction}. Fix the "
-                      f"boxes, or set {needs.max_dropped_key}{needs.assign}{_ceil_fraction(fraction)} to accept them")
+    fraction = count / candidates
+    reasons = ", ".join(f"{t.count} {reason} ({_example(t)})" for reason, t in bad.items())
+    what = (f"Detectron2 would drop or misplace {count} of its {candidates} boxes ({fraction:.1%}) in training"
+            if dataset.train else f"{count} of its {candidates} boxes ({fraction:.1%}) are ground truth no detection "
+                                  "can match")
+    raise ConfigError(f"{_where(dataset, facts)}: {what}: {reasons}; that is above {needs.max_bad_key} "
+                      f"{needs.max_bad_fraction}. Fix the boxes (bbox is [x, y, width, height] in pixels), or set "
+                      f"{needs.max_bad_key}{needs.assign}{_ceil_fraction(fraction)} to accept them")
 
 
 def _ceil_fraction(fraction: float) -> float:
@@ -165,29 +174,35 @@ def check_same_classes(reference: Dataset, reference_classes: Sequence[str], dat
 
 def _summarise(dataset: Dataset, needs: Needs, deep: bool) -> DatasetSummary:
     meta = MetadataCatalog.get(dataset.name)
+    json_file, image_root = meta.get("json_file"), meta.get("image_root")
+    facts = read_coco_facts(json_file, f"{dataset.key}: dataset {dataset.name!r}") if deep and json_file else None
+    if facts is not None and meta.get("thing_classes") is None:
+        # A plain register_coco_instances leaves them to the first load of the json; they are what
+        # load_coco_json will set, and the class count and the teacher's classes are checked on them.
+        meta.thing_classes = list(facts.categories)
+    if needs.num_classes is not None:
+        check_class_count(dataset.name, dataset.key, needs.num_classes, needs.classes_key, needs.teacher_opts_key)
     classes = meta.get("thing_classes")
     classes = tuple(classes) if classes is not None else None
-    json_file, image_root = meta.get("json_file"), meta.get("image_root")
-    if not (deep and json_file):
+    if facts is None:
         return DatasetSummary(dataset, classes, None)
-    facts = read_coco_facts(json_file, f"{dataset.key}: dataset {dataset.name!r}")
     if dataset.train:
         _check_trainable(dataset, facts)
-    _check_dropped(dataset, facts, needs)
+    _check_bad_boxes(dataset, facts, needs)
     _check_annotated_with(dataset, facts, facts.without_segmentation, needs.masks, needs.masks_key,
-                          "segmentation", f"a model with a mask head needs instance masks: set {needs.masks_key} "
-                          "off (boxes only), or use data with segmentation polygons or RLE")
+                          "segmentation", f"a mask head needs instance masks: {needs.masks_off} to train boxes only, "
+                          "or use data with segmentation (polygons or RLE)")
     _check_annotated_with(dataset, facts, facts.without_keypoints, needs.keypoints, needs.keypoints_key, "keypoints",
-                          f"a keypoint head needs keypoint annotations: set {needs.keypoints_key} off")
+                          f"a keypoint head needs keypoint annotations: {needs.keypoints_off}, or use data with them")
     if image_root:
         _check_images(dataset, facts, image_root)
     return DatasetSummary(dataset, classes, facts)
 
 
 def check_data(datasets: Sequence[Dataset], needs: Needs, deep: Sequence[bool] = ()) -> List[DatasetSummary]:
-    """Check every dataset (``deep[i]`` False: its class names only, e.g. the training sets of an
-    evaluation) and return their summaries; raise ``ConfigError`` on the first problem. Registration,
-    files and class counts are checked before (``datasets.check_dataset_*``)."""
+    """Check every dataset (``deep[i]`` False: its class count and names only, e.g. the training sets
+    of an evaluation) and return their summaries; raise ``ConfigError`` on the first problem. That each
+    is registered and has its files is checked before (``datasets.check_dataset_*``)."""
     deep = list(deep) or [True] * len(datasets)
     summaries = [_summarise(d, needs, checked) for d, checked in zip(datasets, deep)]
     known = [s for s in summaries if s.classes is not None]

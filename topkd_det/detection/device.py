@@ -16,7 +16,7 @@ def resolve_device(device: str, key: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"{key} is {device!r}, but PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); "
-                          f"set {key} cpu, or auto to use a GPU only where there is one")
+                          f"set {key} to cpu, or to auto to use a GPU only where there is one")
     return device
 
 

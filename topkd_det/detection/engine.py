@@ -14,8 +14,8 @@ from ..config_io import ConfigError
 from .class_names import KnownClasses, check_teacher_classes, dataset_classes, teacher_classes
 from .config import load_config
 from .data_check import Dataset, DatasetSummary, Needs, check_data
-from .datasets import (check_class_count, check_dataset_files, check_dataset_registered,
-                       register_builtin_synthetic, register_coco_instances_from_cfg)
+from .datasets import (check_dataset_files, check_dataset_registered, register_builtin_synthetic,
+                       register_coco_instances_from_cfg)
 from .device import device_line
 from .evaluation import eval_folder, load_for_evaluation, weights_to_evaluate
 from .families import SUPPORTED
@@ -49,15 +49,18 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        # The model's tasks, not those its predictions happen to show: a model that detects nothing yet
+        # still reports its mask AP (as NaN) instead of leaving the key out.
+        tasks = ("bbox",) + (("segm",) if cfg.MODEL.MASK_ON else ()) + (("keypoints",) if cfg.MODEL.KEYPOINT_ON else ())
+        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
 
     def build_hooks(self):
         return super().build_hooks() + [ProgressBar()]
 
 
 def data_needs(cfg: CfgNode) -> Needs:
-    return Needs(cfg.DATASETS.MAX_DROPPED_BOX_FRACTION, "DATASETS.MAX_DROPPED_BOX_FRACTION",
-                 masks=cfg.MODEL.MASK_ON, keypoints=cfg.MODEL.KEYPOINT_ON)
+    return Needs(cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.DATASETS.MAX_BAD_BOX_FRACTION,
+                 "DATASETS.MAX_BAD_BOX_FRACTION", masks=cfg.MODEL.MASK_ON, keypoints=cfg.MODEL.KEYPOINT_ON)
 
 
 def check_datasets(cfg: CfgNode, check_files: bool = True, training: bool = True) -> List[DatasetSummary]:
@@ -73,7 +76,6 @@ def check_datasets(cfg: CfgNode, check_files: bool = True, training: bool = True
             check_dataset_registered(name, key=f"DATASETS.{key}", own_names=own_names)
             if check_files:
                 check_dataset_files(name, key=f"DATASETS.{key}")
-            check_class_count(name, f"DATASETS.{key}", cfg.MODEL.ROI_HEADS.NUM_CLASSES)
             datasets.append(Dataset(name, f"DATASETS.{key}", train=key == "TRAIN"))
     return check_data(datasets, data_needs(cfg), [check_files and (training or not d.train) for d in datasets])
 

@@ -7,8 +7,8 @@ Keys read besides Detectron2's (``configs/common/train.py``): ``train.clip_gradi
 ``SOLVER.CLIP_GRADIENTS``'s keys in lower case (``enabled``, ``clip_type``, ``clip_value``,
 ``norm_type``), as Detectron2's lazy path has no gradient clipping of its own; ``train.seed``, which
 Detectron2's ``default_setup`` seeds with, also seeds the training data order;
-``train.max_dropped_box_fraction`` (default 0.01) and ``train.allow_other_teacher_classes`` (default
-False), the lazy twins of ``DATASETS.MAX_DROPPED_BOX_FRACTION`` and ``MODEL.TEACHER.ALLOW_OTHER_CLASSES``
+``train.max_bad_box_fraction`` (default 0.01) and ``train.allow_other_teacher_classes`` (default
+False), the lazy twins of ``DATASETS.MAX_BAD_BOX_FRACTION`` and ``MODEL.TEACHER.ALLOW_OTHER_CLASSES``
 (``data_check.py``, ``class_names.py``); ``train.device`` ``auto``, the GPU when there is one.
 
 Resuming follows the yacs path's rules (``resume.py``): atomic checkpoints that store the config, a
@@ -41,7 +41,7 @@ from ..rng import rng_state
 from .checkpoint import AtomicCheckpointer, newest_readable_checkpoint
 from .class_names import KnownClasses, check_teacher_classes, classes_entry, dataset_classes, teacher_classes
 from .data_check import Dataset, DatasetSummary, Needs, check_data
-from .datasets import check_class_count, check_dataset_files, check_dataset_registered, register_builtin_synthetic
+from .datasets import check_dataset_files, check_dataset_registered, register_builtin_synthetic
 from .device import device_line, resolve_device
 from .engine import ProgressBar
 from .evaluation import eval_folder, load_for_evaluation, weights_to_evaluate
@@ -57,10 +57,10 @@ _ABSENT = object()
 # train.max_iter is the schedule's length.
 LAZY_RESUME_RULES = ResumeRules("train.max_iter", ("train.output_dir", "train.checkpointer.", "train.eval_period",
                                                    "train.log_period", "dataloader.test.", "dataloader.evaluator.",
-                                                   "train.init_checkpoint", "train.max_dropped_box_fraction",
+                                                   "train.init_checkpoint", "train.max_bad_box_fraction",
                                                    "train.allow_other_teacher_classes"),
                                 "iterations")
-DEFAULT_MAX_DROPPED = 0.01  # train.max_dropped_box_fraction when a config does not set it (the YAML default)
+DEFAULT_MAX_BAD = 0.01  # train.max_bad_box_fraction when a config does not set it (the YAML default)
 LOSS_OPTIONS_KEY = "model.distill_loss.options"
 OWN_DATA_HINT = ("register it in the config file with detectron2.data.datasets.register_coco_instances(name, "
                  "{}, json_file, image_root) and name it in dataloader.*.dataset.names")
@@ -115,10 +115,10 @@ def settable(cfg: DictConfig, key: str) -> str:
 
 
 def check_data_keys(cfg: DictConfig) -> Needs:
-    """``train.max_dropped_box_fraction`` and what the model's heads need of the data (a mask head
+    """``train.max_bad_box_fraction`` and what the model's heads need of the data (a mask head
     masks, a keypoint head keypoints), which ``dataloader.train.mapper`` must then also load."""
-    key = "train.max_dropped_box_fraction"
-    fraction = cfg.train.get("max_dropped_box_fraction", DEFAULT_MAX_DROPPED)
+    key = "train.max_bad_box_fraction"
+    fraction = cfg.train.get("max_bad_box_fraction", DEFAULT_MAX_BAD)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
         raise ConfigError(f"{key} must be a number in [0, 1] (a fraction of the boxes), got {fraction!r}")
     heads = cfg.model.get("roi_heads") or {}
@@ -129,8 +129,12 @@ def check_data_keys(cfg: DictConfig) -> Needs:
             raise ConfigError(f"model.roi_heads has a {what} head but dataloader.train.mapper.{flag} is "
                               f"{mapper.get(flag, False)}, so it would train on no {what} targets; set "
                               f"dataloader.train.mapper.{flag}=True")
-    return Needs(float(fraction), settable(cfg, key), "=", masks=masks, masks_key="model.roi_heads.mask_head",
-                 keypoints=keypoints, keypoints_key="model.roi_heads.keypoint_head")
+    return Needs(OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None), float(fraction),
+                 settable(cfg, key), "=", masks=masks, masks_key="model.roi_heads.mask_head",
+                 masks_off="remove model.roi_heads.mask_head, mask_in_features and mask_pooler", keypoints=keypoints,
+                 keypoints_key="model.roi_heads.keypoint_head",
+                 keypoints_off="remove model.roi_heads.keypoint_head, keypoint_in_features and keypoint_pooler",
+                 classes_key="model.roi_heads.num_classes", teacher_opts_key=LAZY_KEYS.opts)
 
 
 def _dataset_names(cfg: DictConfig, split: str):
@@ -145,15 +149,12 @@ def check_datasets(cfg: DictConfig, training: bool = True) -> List[DatasetSummar
     generated. Returns the data check's summaries, for the log."""
     register_builtin_synthetic()
     needs = check_data_keys(cfg)
-    num_classes = OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)
     datasets = []
     for split in ("train", "test"):
         key = f"dataloader.{split}.dataset.names"
         for name in _dataset_names(cfg, split):
             check_dataset_registered(name, key=key, own_data_hint=OWN_DATA_HINT)
             check_dataset_files(name, key=key)
-            if num_classes is not None:
-                check_class_count(name, key, num_classes, "model.roi_heads.num_classes", LAZY_KEYS.opts)
             datasets.append(Dataset(name, key, train=split == "train"))
     return check_data(datasets, needs, [training or not d.train for d in datasets])
 
@@ -312,8 +313,9 @@ def with_gradient_clipping(optimizer, options) -> object:
 
 
 def evaluate_model(cfg: DictConfig, model) -> Dict:
-    """``dataloader.evaluator`` (COCOEvaluator in this project's configs) on ``dataloader.test``."""
-    if "evaluator" not in cfg.dataloader:
+    """``dataloader.evaluator`` (COCOEvaluator in this project's configs) on ``dataloader.test``; nothing
+    without test datasets (``dataloader.test.dataset.names=[]``), as the YAML path with ``DATASETS.TEST ()``."""
+    if "evaluator" not in cfg.dataloader or not _dataset_names(cfg, "test"):
         return {}
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():

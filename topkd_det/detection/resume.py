@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 # checks before a run accept; changing them does not change the trained weights. MODEL.WEIGHTS is what
 # a run starts from: a resume loads its checkpoint instead (an evaluation sets MODEL.WEIGHTS to it).
 RESUME_RULES = ResumeRules("SOLVER.MAX_ITER", ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD", "TEST.",
-                                               "DATASETS.TEST", "MODEL.WEIGHTS", "DATASETS.MAX_DROPPED_BOX_FRACTION",
+                                               "DATASETS.TEST", "MODEL.WEIGHTS", "DATASETS.MAX_BAD_BOX_FRACTION",
                                                "MODEL.TEACHER.ALLOW_OTHER_CLASSES"), "iterations")
 TEACHER_DIGEST = "MODEL.TEACHER.WEIGHTS (sha256)"
 

@@ -14,7 +14,7 @@ _SOLVER_RANGES = (("MAX_ITER", 1, False), ("IMS_PER_BATCH", 1, False), ("CHECKPO
 
 def check_distill_config(cfg: CfgNode) -> None:
     """Raise ``ConfigError`` naming the key: every ``MODEL.DISTILL`` knob (type, range, K against the
-    class count), ``MODEL.TEACHER.DTYPE``, the solver's lengths, ``DATASETS.MAX_DROPPED_BOX_FRACTION``
+    class count), ``MODEL.TEACHER.DTYPE``, the solver's lengths, ``DATASETS.MAX_BAD_BOX_FRACTION``
     and what Cascade R-CNN asserts."""
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     try:
@@ -33,9 +33,9 @@ def check_distill_config(cfg: CfgNode) -> None:
         value = cfg.SOLVER[key]
         if value < lowest or (strict and value == lowest):
             raise ConfigError(f"SOLVER.{key} must be {'>' if strict else '>='} {lowest}, got {value}")
-    fraction = cfg.DATASETS.MAX_DROPPED_BOX_FRACTION
+    fraction = cfg.DATASETS.MAX_BAD_BOX_FRACTION
     if not 0.0 <= fraction <= 1.0:
-        raise ConfigError(f"DATASETS.MAX_DROPPED_BOX_FRACTION must be in [0, 1] (a fraction of the boxes), got {fraction}")
+        raise ConfigError(f"DATASETS.MAX_BAD_BOX_FRACTION must be in [0, 1] (a fraction of the boxes), got {fraction}")
     check_family_config(cfg)
 
 
