@@ -3,14 +3,15 @@ COCO-json dataset the run trains or evaluates on, against what the model needs o
 
 Per dataset it reads the json once (``coco_facts``) and looks at the image files with one directory
 listing per folder (no image is opened). It refuses, in one line naming the dataset's key, the file
-and an example id: a training set with no box to train on (none at all, crowd only, or every box
-dropped); more boxes that Detectron2 would drop (zero or negative size, outside the image, invalid
-polygon) than the allowed fraction; missing image files; masks or keypoints the model trains but the
-data lacks; and datasets whose class names or order differ from the training set's. Otherwise it
-returns one summary per dataset for the log.
+and an example id: a class count other than the model's; a training set with no box to train on
+(none at all, crowd only, or every box dropped); a larger fraction of boxes that Detectron2 drops
+(zero width or height, outside the image, invalid polygon) or misplaces (negative width or height)
+than ``DATASETS.MAX_BAD_BOX_FRACTION`` / ``train.max_bad_box_fraction`` allows; missing image files;
+masks or keypoints the model trains but the data lacks; and datasets whose class names or order
+differ from the first training set's. Otherwise it returns one summary per dataset, for the log.
 
-Datasets registered some other way than from a COCO json (no ``json_file`` in their metadata) are
-listed as not checked.
+Datasets registered some other way than from a COCO json (no ``json_file`` in their metadata) get
+the class count and name checks only, and are listed as not checked.
 """
 import math
 import os
@@ -55,13 +56,14 @@ class Needs:
 class DatasetSummary:
     dataset: Dataset
     classes: Optional[Tuple[str, ...]]
-    facts: Optional[CocoFacts]  # None: not a COCO-json dataset, not checked
+    facts: Optional[CocoFacts]  # None: only its class count and names were checked, for ``unchecked``
+    unchecked: str = ""
 
     def line(self) -> str:
         head = f"dataset {self.dataset.name!r} ({self.dataset.key})"
         facts = self.facts
         if facts is None:
-            return f"{head}: not registered from a COCO json, so not checked"
+            return f"{head}: class count and names checked; not its annotations or images ({self.unchecked})"
         dropped = [f"{t.count} {reason}" for reason, t in facts.dropped.items() if t.count]
         return (f"{head}, {facts.json_file}: {facts.num_images} images (all files present), {facts.num_annotations} "
                 f"annotations, {len(facts.categories)} classes; {facts.usable} usable boxes; dropped by Detectron2: "
@@ -185,7 +187,8 @@ def _summarise(dataset: Dataset, needs: Needs, deep: bool) -> DatasetSummary:
     classes = meta.get("thing_classes")
     classes = tuple(classes) if classes is not None else None
     if facts is None:
-        return DatasetSummary(dataset, classes, None)
+        return DatasetSummary(dataset, classes, None,
+                              "not registered from a COCO json" if deep else "this run does not read it")
     if dataset.train:
         _check_trainable(dataset, facts)
     _check_bad_boxes(dataset, facts, needs)
