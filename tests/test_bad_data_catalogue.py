@@ -89,7 +89,8 @@ def every_annotation(**fields):
 
 
 FRACTION = on_both("DATASETS.MAX_BAD_BOX_FRACTION", "train.max_bad_box_fraction")
-TOPKD_YAML = ("MODEL.TEACHER.WEIGHTS", "@teacher", "MODEL.TEACHER.OPTS", repr(TEACHER_OPTS), "MODEL.DISTILL.TOPKD.K", "1")
+TOPKD_YAML = ("MODEL.TEACHER.WEIGHTS", "@teacher", "MODEL.TEACHER.OPTS", repr(TEACHER_OPTS),
+              "MODEL.DISTILL.TOPKD.K", "1")
 
 CASES = [
     # --- the json ------------------------------------------------------------------------------------
@@ -157,6 +158,21 @@ CASES = [
          yaml=("MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", "False", "MODEL.DISTILL.TOPKD.K", "1"),
          yaml_config="configs/embedded/cascade_topkd.yaml",
          lazy=("model.roi_heads.box_predictors.0.cls_agnostic_bbox_reg=False",), lazy_config="cascade"),
+    Case("cascade_stages_without_their_box_weights",
+         fixed("MODEL.ROI_BOX_CASCADE_HEAD.IOUS has 3 stages but BBOX_REG_WEIGHTS has 2"),
+         yaml=("MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS", "((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0))",
+               "MODEL.DISTILL.TOPKD.K", "1"), yaml_config="configs/embedded/cascade_topkd.yaml", lazy=None),
+    Case("cascade_first_stage_iou_other_than_the_heads",
+         fixed("MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0] is 0.6 but MODEL.ROI_HEADS.IOU_THRESHOLDS[0] is 0.5"),
+         yaml=("MODEL.ROI_BOX_CASCADE_HEAD.IOUS", "(0.6, 0.6, 0.7)", "MODEL.DISTILL.TOPKD.K", "1"),
+         yaml_config="configs/embedded/cascade_topkd.yaml", lazy=None),
+    Case("cascade_teacher_without_class_agnostic_boxes",
+         fixed("the teacher's MODEL.ROI_HEADS.NAME is CascadeROIHeads, which needs the teacher's "
+               "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True",
+               "set it in MODEL.TEACHER.CONFIG_FILE or with MODEL.TEACHER.OPTS"),
+         yaml=("MODEL.TEACHER.OPTS",
+               "['MODEL.ROI_HEADS.NUM_CLASSES', 3, 'MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG', False]",
+               "MODEL.DISTILL.TOPKD.K", "1"), yaml_config="configs/embedded/cascade_topkd.yaml", lazy=None),
     Case("test_set_with_other_class_names",
          lambda tool, p: [on_both("DATASETS.TEST", "dataloader.test.dataset.names")(tool),
                           f"dataset {p['test_name']!r} has the classes [bar, square, post] (3)",
@@ -166,13 +182,15 @@ CASES = [
          lambda tool, p: [f"the teacher was trained on the classes [square, bar, post] (3) (stored in "
                           f"{on_both('MODEL.TEACHER.WEIGHTS', 'model.teacher.weights')(tool)} {p['teacher']})",
                           "the student's are [bar, square, post] (3)", "class 0 is 'square' vs 'bar'",
-                          on_both("set MODEL.TEACHER.ALLOW_OTHER_CLASSES True", "train.allow_other_teacher_classes=True")(tool)],
+                          on_both("set MODEL.TEACHER.ALLOW_OTHER_CLASSES True",
+                                  "train.allow_other_teacher_classes=True")(tool)],
          damage=lambda data: data.update(categories=PERMUTED), yaml=TOPKD_YAML,
          yaml_config="configs/embedded/topkd.yaml"),
     # --- evaluation, flags, device ----------------------------------------------------------------------
     Case("eval_only_without_weights",
          lambda tool, p: [on_both("--eval-only needs weights: MODEL.WEIGHTS is empty and OUTPUT_DIR",
-                                  "--eval-only needs weights: train.init_checkpoint is empty and train.output_dir")(tool),
+                                  "--eval-only needs weights: train.init_checkpoint is empty and "
+                                  "train.output_dir")(tool),
                           f"{p['out']!r} holds no checkpoint", "randomly initialised"],
          yaml=("--eval-only",), lazy=("--eval-only",)),
     Case("flag_after_the_overrides", fixed("--resume came after the config overrides",
@@ -213,7 +231,8 @@ def ctx(tmp_path_factory):
     tool.main(tool.parser().parse_args([
         "--config-file", "configs/embedded/teacher.yaml", "--coco-dataset", f"teacher_data_{tag}", *c["train"],
         "DATASETS.TRAIN", f"('teacher_data_{tag}',)", "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-        "OUTPUT_DIR", str(teacher_dir), *TINY, "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "1"]))
+        "OUTPUT_DIR", str(teacher_dir), *TINY, "SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()",
+        "SOLVER.WARMUP_ITERS", "1"]))
     c["teacher"] = str(teacher_dir / "model_final.pth")
     c["lazy"] = {"topkd": str(REPO / "configs" / "embedded" / "topkd.py")}
     for name, body in LAZY_VARIANTS.items():

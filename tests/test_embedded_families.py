@@ -47,7 +47,8 @@ def test_embedded_pair_trains_offline_on_the_cpu(family, shapes, tmp_path, monke
     # The teacher's own dumped config (its data and sizes) and weights, as `make demo` points students at them.
     student = tmp_path / "student"
     _train_net("--config-file", f"configs/embedded/{family}_topkd.yaml", *data, "OUTPUT_DIR", student, *SMALL,
-               "SOLVER.MAX_ITER", "2", "MODEL.TEACHER.CONFIG_FILE", teacher / "config.yaml", "MODEL.TEACHER.WEIGHTS", teacher / "model_final.pth")
+               "SOLVER.MAX_ITER", "2", "MODEL.TEACHER.CONFIG_FILE", teacher / "config.yaml",
+               "MODEL.TEACHER.WEIGHTS", teacher / "model_final.pth")
 
     losses = set().union(*(line.keys() for line in _metrics(student)))
     if family == "mask":

@@ -283,8 +283,10 @@ def test_without_stored_names_the_teacher_configs_training_data_gives_them(own_d
     name = f"reordered_{uuid.uuid4().hex[:6]}"
     with pytest.raises(ConfigError, match=rf"the teacher was trained on the classes \[square, bar, post\] \(3\) "
                                           rf"\(.*train.json, the teacher config's DATASETS.TRAIN 'own_teacher_\w+'\), "
-                                          rf"but the student's are \[bar, square, post\] \(3\) \(DATASETS.TRAIN '{name}'\)"):
+                                          rf"but the student's are \[bar, square, post\] \(3\) "
+                                          rf"\(DATASETS.TRAIN '{name}'\)"):
         setup_cfg(str(REPO / "configs/embedded/topkd.yaml"),
                   ["DATASETS.COCO_INSTANCES", _entry(name, json_file, own_data["train"][1]), "DATASETS.TRAIN",
                    f"('{name}',)", "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.DISTILL.TOPKD.K", 1,
-                   "MODEL.TEACHER.CONFIG_FILE", str(own_teacher / "config.yaml"), "MODEL.TEACHER.WEIGHTS", str(weights)])
+                   "MODEL.TEACHER.CONFIG_FILE", str(own_teacher / "config.yaml"),
+                   "MODEL.TEACHER.WEIGHTS", str(weights)])

@@ -5,7 +5,7 @@
     python tools/train_net.py --config-file ... --resume                 # continue a killed run
     python tools/train_net.py --config-file ... --resume SOLVER.MAX_ITER 270000   # the same run, longer
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
-    python tools/train_net.py --config-file ... --eval-teacher           # the teacher alone
+    python tools/train_net.py --config-file ... --eval-teacher           # the teacher alone, in teacher_eval/
     python tools/train_net.py --config-file configs/embedded/topkd.yaml \
         --coco-dataset mine_train /data/train.json /data/train --coco-dataset mine_val /data/val.json /data/val \
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
@@ -34,7 +34,8 @@ def main(args):
 
 def parser():
     p = tool.argument_parser(__doc__)
-    p.add_argument("--eval-teacher", action="store_true", help="evaluate the teacher of the config alone")
+    p.add_argument("--eval-teacher", action="store_true",
+                   help="evaluate the teacher of the config alone (results in OUTPUT_DIR/teacher_eval/)")
     p.add_argument("--coco-dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
                    help="register a COCO-format dataset for DATASETS.TRAIN/TEST (repeatable); shorthand for an "
                         "entry of DATASETS.COCO_INSTANCES, which the dumped config.yaml keeps")

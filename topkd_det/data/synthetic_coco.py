@@ -404,7 +404,8 @@ def generate(root, config: Optional[SyntheticConfig] = None, *, overwrite: bool 
         if not overwrite:
             raise FileExistsError(
                 f"{root} exists but does not match the requested synthetic dataset ({reason}); "
-                "pass overwrite=True (--overwrite) to regenerate, or choose another root"
+                f"regenerate it with tools/make_synthetic_coco.py --root {root} --overwrite and the requested "
+                "parameters (overwrite=True in Python), or choose another root"
             )
 
     root.parent.mkdir(parents=True, exist_ok=True)

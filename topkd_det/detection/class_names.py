@@ -41,6 +41,12 @@ def dataset_classes(names: Sequence[str]) -> Optional[Tuple[str, ...]]:
     return None
 
 
+def student_classes(train_names: Sequence[str], key: str) -> Optional[KnownClasses]:
+    """The class names of a student's training data (``key`` names where they were given)."""
+    names = dataset_classes(train_names)
+    return KnownClasses(names, f"{key} {train_names[0]!r}") if names is not None else None
+
+
 def classes_entry(train_names: Sequence[str]) -> Dict[str, List[str]]:
     """``{CLASSES: names}`` of a run's training data, for its checkpoints; nothing when unknown."""
     names = dataset_classes(train_names)

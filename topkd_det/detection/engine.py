@@ -1,7 +1,7 @@
 """Training and evaluation entry points in Detectron2's ``DefaultTrainer`` style."""
 import logging
 import os
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, default_setup
@@ -11,7 +11,7 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from ..config_io import ConfigError
-from .class_names import KnownClasses, check_teacher_classes, dataset_classes, teacher_classes
+from .class_names import check_teacher_classes, student_classes, teacher_classes
 from .config import load_config
 from .data_check import Dataset, DatasetSummary, Needs, check_data
 from .datasets import (check_dataset_files, check_dataset_registered, register_builtin_synthetic,
@@ -24,6 +24,7 @@ from .teacher import FrozenTeacher, check_teacher_cfg, resolve_config_path, teac
 from .validation import check_distill_config
 
 logger = logging.getLogger(__name__)
+
 
 class ProgressBar(HookBase):
     """A tqdm bar over the iterations of the main process, beside Detectron2's periodic log lines."""
@@ -80,11 +81,6 @@ def check_datasets(cfg: CfgNode, check_files: bool = True, training: bool = True
     return check_data(datasets, data_needs(cfg), [check_files and (training or not d.train) for d in datasets])
 
 
-def student_classes(train_names) -> Optional[KnownClasses]:
-    names = dataset_classes(train_names)
-    return KnownClasses(names, f"DATASETS.TRAIN {train_names[0]!r}") if names is not None else None
-
-
 def check_teacher(cfg: CfgNode) -> None:
     """The teacher's config (file and OPTS) reads, and its class count is the student's, and its class
     names where known (``class_names.py``): checked on the YAML alone, before either model is built."""
@@ -100,8 +96,8 @@ def check_teacher(cfg: CfgNode) -> None:
         check_teacher_cfg(teacher_cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
     teacher = teacher_classes(cfg.MODEL.TEACHER.WEIGHTS, "MODEL.TEACHER.WEIGHTS", teacher_cfg,
                               "MODEL.TEACHER.CONFIG_FILE")
-    check_teacher_classes(student_classes(cfg.DATASETS.TRAIN), teacher, "MODEL.TEACHER.ALLOW_OTHER_CLASSES True",
-                          cfg.MODEL.TEACHER.ALLOW_OTHER_CLASSES)
+    check_teacher_classes(student_classes(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"), teacher,
+                          "MODEL.TEACHER.ALLOW_OTHER_CLASSES True", cfg.MODEL.TEACHER.ALLOW_OTHER_CLASSES)
 
 
 def _evaluates_teacher(args) -> bool:

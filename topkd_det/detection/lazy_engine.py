@@ -39,7 +39,7 @@ from ..config_io import ConfigError
 from ..resume_rules import ResumeRules, check_resume, flatten
 from ..rng import rng_state
 from .checkpoint import AtomicCheckpointer, newest_readable_checkpoint
-from .class_names import KnownClasses, check_teacher_classes, classes_entry, dataset_classes, teacher_classes
+from .class_names import check_teacher_classes, classes_entry, student_classes, teacher_classes
 from .data_check import Dataset, DatasetSummary, Needs, check_data
 from .datasets import check_dataset_files, check_dataset_registered, register_builtin_synthetic
 from .device import device_line, resolve_device
@@ -185,13 +185,10 @@ def check_teacher(cfg: DictConfig) -> None:
     if isinstance(config, str) and not resolve_config_path(config, LAZY_KEYS.config).endswith(".py"):
         teacher_cfg = yacs_teacher_cfg(config, list(teacher.get("opts", [])), keys=LAZY_KEYS)
         check_teacher_cfg(teacher_cfg, cfg.model.roi_heads.num_classes, "model.roi_heads.num_classes", LAZY_KEYS)
-    train_names = _dataset_names(cfg, "train")
-    names = dataset_classes(train_names)
-    student = KnownClasses(names, f"dataloader.train.dataset.names {train_names[0]!r}") if names else None
-    accept_key = "train.allow_other_teacher_classes"
-    check_teacher_classes(student, teacher_classes(teacher.get("weights"), LAZY_KEYS.weights, teacher_cfg,
-                                                   LAZY_KEYS.config),
-                          f"{settable(cfg, accept_key)}=True", bool(cfg.train.get("allow_other_teacher_classes", False)))
+    student = student_classes(_dataset_names(cfg, "train"), "dataloader.train.dataset.names")
+    teacher_names = teacher_classes(teacher.get("weights"), LAZY_KEYS.weights, teacher_cfg, LAZY_KEYS.config)
+    accept = f"{settable(cfg, 'train.allow_other_teacher_classes')}=True"
+    check_teacher_classes(student, teacher_names, accept, bool(cfg.train.get("allow_other_teacher_classes", False)))
 
 
 def check_distill_loss(cfg: DictConfig) -> None:

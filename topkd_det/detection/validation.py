@@ -41,19 +41,19 @@ def check_distill_config(cfg: CfgNode) -> None:
 
 def check_family_config(cfg: CfgNode, whose: str = "", fix: str = "") -> None:
     """What Detectron2's Cascade R-CNN asserts of its config, as a ``ConfigError`` naming the key.
-    ``whose`` ("the teacher's ") and ``fix`` (how to set its keys) word it for a teacher's config."""
+    ``whose`` ("the teacher's ") and ``fix`` (where its keys are set) word it for a teacher's config."""
     if cfg.MODEL.ROI_HEADS.NAME != "CascadeROIHeads":
         return
-    how = fix or "set it"
+    where = f"; {fix}" if fix else ""
     if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
         raise ConfigError(f"{whose}MODEL.ROI_HEADS.NAME is CascadeROIHeads, which needs "
                           f"{whose}MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True (each stage refines one box per "
-                          f"proposal, not one per class); {how}")
+                          f"proposal, not one per class){where}")
     ious, weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS, cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
     if len(ious) != len(weights):
         raise ConfigError(f"{whose}MODEL.ROI_BOX_CASCADE_HEAD.IOUS has {len(ious)} stages but BBOX_REG_WEIGHTS has "
-                          f"{len(weights)}: give one weight tuple per stage; {how}")
+                          f"{len(weights)}: give one weight tuple per stage{where}")
     if ious[0] != cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]:
         raise ConfigError(f"{whose}MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0] is {ious[0]} but "
                           f"{whose}MODEL.ROI_HEADS.IOU_THRESHOLDS[0] is {cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]}: "
-                          f"Cascade R-CNN's first stage matches at the ROI heads' threshold; {how}")
+                          f"Cascade R-CNN's first stage matches at the ROI heads' threshold, so make them equal{where}")
