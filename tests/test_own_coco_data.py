@@ -290,3 +290,18 @@ def test_without_stored_names_the_teacher_configs_training_data_gives_them(own_d
                    f"('{name}',)", "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", 3, "MODEL.DISTILL.TOPKD.K", 1,
                    "MODEL.TEACHER.CONFIG_FILE", str(own_teacher / "config.yaml"),
                    "MODEL.TEACHER.WEIGHTS", str(weights)])
+
+
+def test_an_invalid_polygon_counts_against_a_training_set_only(own_data, tmp_path):
+    """COCO evaluation reads a test set's json itself, where such an annotation's box is intact."""
+    json_file = rewrite_json(own_data["val"][0], tmp_path / "polygon.json",
+                             lambda data: data["annotations"][0].update(segmentation=[[1, 2, 3, 4]]))
+    name = f"polygon_{uuid.uuid4().hex[:6]}"
+    entry = _entry(name, json_file, own_data["val"][1])
+    setup_cfg(str(REPO / "configs/embedded/student.yaml"), ["DATASETS.COCO_INSTANCES", entry, "DATASETS.TRAIN", "()",
+                                                            "DATASETS.TEST", f"('{name}',)",
+                                                            "MODEL.ROI_HEADS.NUM_CLASSES", 3])
+    with pytest.raises(ConfigError, match=r"1 invalid polygon \(fewer than 3 points\) \(e.g. annotation id 1\)"):
+        setup_cfg(str(REPO / "configs/embedded/student.yaml"), ["DATASETS.COCO_INSTANCES", entry, "DATASETS.TRAIN",
+                                                                f"('{name}',)", "DATASETS.TEST", "()",
+                                                                "MODEL.ROI_HEADS.NUM_CLASSES", 3])

@@ -22,7 +22,7 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 from detectron2.data import MetadataCatalog
 
 from ..config_io import ConfigError
-from .coco_facts import CocoFacts, Tally, read_coco_facts
+from .coco_facts import INVALID_POLYGON, CocoFacts, Tally, read_coco_facts
 from .datasets import check_class_count
 
 _SHOWN = 5  # missing files and differing classes named in a message
@@ -98,6 +98,8 @@ def _check_trainable(dataset: Dataset, facts: CocoFacts) -> None:
 def _check_bad_boxes(dataset: Dataset, facts: CocoFacts, needs: Needs) -> None:
     candidates = facts.num_annotations - facts.crowd.count
     bad = facts.bad_boxes()
+    if not dataset.train:  # COCO evaluation reads the json itself: an invalid polygon leaves its box intact
+        bad.pop(INVALID_POLYGON, None)
     count = sum(t.count for t in bad.values())
     if not candidates or count / candidates <= needs.max_bad_fraction:
         return
