@@ -5,7 +5,7 @@ from detectron2.config import get_cfg
 from ..config_io import merge_config
 from ..distill_config import distill_cfg_node
 from .backbones import add_mobilenet_config
-from .device import resolve_device
+from .device import AUTO, resolve_device
 
 
 def add_topkd_config(cfg: CN) -> None:
@@ -46,9 +46,11 @@ def add_topkd_config(cfg: CN) -> None:
 
 def load_config(config_file: str, opts=()) -> CN:
     """``get_cfg()`` + ``add_topkd_config`` + the file + ``KEY VALUE`` overrides (errors name their
-    source), with ``MODEL.DEVICE auto`` resolved to the device it stands for here."""
+    source), with ``MODEL.DEVICE auto`` resolved to the device it stands for here. Whether another
+    device exists here is checked when a run is set up (``engine.setup_cfg``), not when a config is read."""
     cfg = get_cfg()
     add_topkd_config(cfg)
     merge_config(cfg, config_file, opts)
-    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
+    if cfg.MODEL.DEVICE == AUTO:
+        cfg.MODEL.DEVICE = resolve_device(AUTO, "MODEL.DEVICE")
     return cfg

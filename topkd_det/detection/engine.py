@@ -16,7 +16,7 @@ from .config import load_config
 from .data_check import Dataset, DatasetSummary, Needs, check_data
 from .datasets import (check_dataset_files, check_dataset_registered, register_builtin_synthetic,
                        register_coco_instances_from_cfg)
-from .device import device_line
+from .device import device_line, resolve_device
 from .evaluation import eval_folder, load_for_evaluation, weights_to_evaluate
 from .families import SUPPORTED
 from .resume import ResumableTrainer, check_resume_config
@@ -123,6 +123,7 @@ def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Seque
     the dump, so a bad config leaves no run folder; an evaluation (``--eval-only``, ``--eval-teacher``)
     writes its config and log below the run folder (``evaluation.py``)."""
     cfg = load_config(config_file, opts)
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     check_distill_config(cfg)
     cfg.DATASETS.COCO_INSTANCES = list(cfg.DATASETS.COCO_INSTANCES) + [list(entry) for entry in coco_datasets]
     cfg.freeze()
