@@ -23,6 +23,7 @@ def tiny_cfg(num_classes=NUM_CLASSES, family="faster", **overrides):
     cfg = get_cfg()
     add_topkd_config(cfg)
     cfg.merge_from_file(str(TINY_BASE))
+    cfg.MODEL.DEVICE = "cpu"  # the base's "auto" would take a GPU where there is one; tests stay on the CPU
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = num_classes
     cfg.MODEL.FPN.OUT_CHANNELS = 32
     cfg.MODEL.ROI_BOX_HEAD.FC_DIM = 64

@@ -144,9 +144,9 @@ def test_loss_options_are_checked_by_the_loss_schema_under_their_lazy_path():
     config = str(REPO / "configs/embedded/topkd.py")
     no_data = ["dataloader.train.dataset.names=[]", "dataloader.test.dataset.names=[]"]
     with pytest.raises(ValueError, match=r"unknown distillation option 'model.distill_loss.options.topkd.kk'"):
-        lazy_engine.setup(config, ["model.distill_loss.options.topkd.kk=3", *no_data])
+        lazy_engine.check(config, ["model.distill_loss.options.topkd.kk=3", *no_data])
     # An option the config does not list takes its default, and may be set without '+'.
-    cfg = lazy_engine.setup(config, ["model.distill_loss.options.topkd.temperature=0.1", *no_data])
+    cfg = lazy_engine.check(config, ["model.distill_loss.options.topkd.temperature=0.1", *no_data])
     assert cfg.model.distill_loss.options.topkd.temperature == 0.1
 
 
@@ -162,11 +162,11 @@ def test_unregistered_dataset_and_teacher_class_count_fail_before_the_run_folder
     out = f"train.output_dir={tmp_path / 'run'}"
     with pytest.raises(ConfigError, match="dataloader.train.dataset.names: dataset 'nope_train' is not registered"
                                           ".*register it in the config file with .*register_coco_instances"):
-        lazy_engine.setup(config, ["dataloader.train.dataset.names=nope_train", "dataloader.test.dataset.names=[]",
+        lazy_engine.check(config, ["dataloader.train.dataset.names=nope_train", "dataloader.test.dataset.names=[]",
                                    out])
     with pytest.raises(ConfigError, match=r"the teacher has 7 classes .* the student's model.roi_heads.num_classes "
                                           r"is 24.* model.teacher.opts"):
-        lazy_engine.setup(config, ["dataloader.train.dataset.names=[]", "dataloader.test.dataset.names=[]", out,
+        lazy_engine.check(config, ["dataloader.train.dataset.names=[]", "dataloader.test.dataset.names=[]", out,
                        "model.teacher.opts=[MODEL.ROI_HEADS.NUM_CLASSES,7]"])
     assert not (tmp_path / "run").exists()
 

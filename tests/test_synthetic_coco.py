@@ -71,6 +71,38 @@ def test_annotations_are_well_formed_coco(dataset):
             assert 1 <= ann["category_id"] <= len(coco["categories"])
 
 
+def test_every_annotation_has_polygons_of_its_visible_pixels(dataset):
+    """Valid for Detectron2 (each polygon of >= 3 points, so no annotation is dropped on load), inside
+    its box, and covering its visible pixels: rasterised, the polygons and the annotated area agree."""
+    from pycocotools import mask as mask_util
+
+    ratios = []
+    for split in SPLITS:
+        coco = load(dataset, split)
+        sizes = {img["id"]: (img["height"], img["width"]) for img in coco["images"]}
+        for ann in coco["annotations"]:
+            polygons = ann["segmentation"]
+            assert polygons and all(len(p) >= 6 and len(p) % 2 == 0 for p in polygons)
+            x, y, w, h = ann["bbox"]
+            xs, ys = [v for p in polygons for v in p[0::2]], [v for p in polygons for v in p[1::2]]
+            assert x <= min(xs) and max(xs) <= x + w and y <= min(ys) and max(ys) <= y + h
+            rle = mask_util.merge(mask_util.frPyObjects(polygons, *sizes[ann["image_id"]]))
+            ratios.append(float(mask_util.area(rle)) / ann["area"])
+    # Through pixel centres a polygon leaves out half a pixel along its outline, so it covers a bit less.
+    assert 0.5 < min(ratios) and max(ratios) <= 1.0 and np.mean(ratios) > 0.8
+
+
+def test_visible_polygons_of_a_sliver_fall_back_to_its_box():
+    from topkd_det.data.synthetic_coco import visible_polygons
+
+    sliver = np.zeros((16, 16), bool)
+    sliver[5, 3:9] = True  # one pixel high: its contour has two points
+    assert visible_polygons(sliver) == [[3.0, 5.0, 9.0, 5.0, 9.0, 6.0, 3.0, 6.0]]
+    block = np.zeros((16, 16), bool)
+    block[2:6, 4:10] = True
+    assert visible_polygons(block) == [[4.5, 2.5, 4.5, 5.5, 9.5, 5.5, 9.5, 2.5]]
+
+
 def test_categories_are_at_least_20_with_ids_1_to_c(dataset):
     categories = load(dataset, "train")["categories"]
     assert len(categories) >= 20

@@ -38,11 +38,7 @@ def parse_args(argv=None):
 
 
 def check(args, world_size: int):
-    cfg = lazy_engine.setup(args.config_file, args.opts)
-    if not args.eval_only:
-        lazy_engine.check_world_size(cfg, world_size)
-    if args.resume and not args.eval_only:
-        lazy_engine.check_resume_config(cfg, args.allow_config_change, world_size)
+    lazy_engine.check(args.config_file, args.opts, args, world_size)
 
 
 def cli(argv=None):

@@ -5,7 +5,7 @@
     python tools/train_net.py --config-file ... --resume                 # continue a killed run
     python tools/train_net.py --config-file ... --resume SOLVER.MAX_ITER 270000   # the same run, longer
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
-    python tools/train_net.py --config-file ... --eval-teacher           # the teacher alone
+    python tools/train_net.py --config-file ... --eval-teacher           # the teacher alone, in teacher_eval/
     python tools/train_net.py --config-file configs/embedded/topkd.yaml \
         --coco-dataset mine_train /data/train.json /data/train --coco-dataset mine_val /data/val.json /data/val \
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from topkd_det.cli import tool_help  # noqa: E402
 from topkd_det.detection import engine, tool  # noqa: E402
-from topkd_det.detection.resume import check_resume_config  # noqa: E402
 
 
 def main(args):
@@ -36,8 +35,9 @@ def main(args):
 
 def parser():
     p = tool.argument_parser(tool_help(__doc__, "docs/detection_coco.md", "docs/detection_own_data.md",
-                                       "docs/resume_and_errors.md", "docs/multi_gpu.md"))
-    p.add_argument("--eval-teacher", action="store_true", help="evaluate the teacher of the config alone")
+                                       "docs/data_checks.md", "docs/resume_and_errors.md", "docs/multi_gpu.md"))
+    p.add_argument("--eval-teacher", action="store_true",
+                   help="evaluate the teacher of the config alone (results in OUTPUT_DIR/teacher_eval/)")
     p.add_argument("--coco-dataset", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
                    help="register a COCO-format dataset for DATASETS.TRAIN/TEST (repeatable); shorthand for an "
                         "entry of DATASETS.COCO_INSTANCES, which the dumped config.yaml keeps")
@@ -49,11 +49,7 @@ def parse_args(argv=None):
 
 
 def check(args, world_size: int):
-    cfg = engine.setup_cfg(args.config_file, args.opts, coco_datasets=args.coco_dataset)
-    if not args.eval_only:
-        engine.check_world_size(cfg, world_size)
-    if args.resume and not args.eval_only:
-        check_resume_config(cfg, args.allow_config_change, world_size)
+    engine.check_cfg(args.config_file, args.opts, args, args.coco_dataset, world_size)
 
 
 def cli(argv=None):

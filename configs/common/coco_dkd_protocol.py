@@ -29,3 +29,7 @@ train.seed = 0
 train.max_iter = 180000
 train.checkpointer.period = 10000
 train.eval_period = 0
+# The dataset check before training (docs/data_checks.md): the fraction of boxes Detectron2 may drop
+# or misplace before the run stops, and whether a teacher trained on other class names may distill.
+train.max_bad_box_fraction = 0.01
+train.allow_other_teacher_classes = False

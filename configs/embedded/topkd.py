@@ -74,10 +74,15 @@ train = LazyConfig.load(model_zoo_config_file("common/train.py"), "train")
 # Reproducible by default: Detectron2 seeds every RNG with it, and it seeds the training data order.
 train.seed = 0
 train.max_iter = 350
-train.device = "cpu"
+# The GPU when PyTorch sees one, else the CPU; the log says which (train.device=cpu stays on the CPU).
+train.device = "auto"
 train.output_dir = "output/demo/topkd_lazy"
 train.checkpointer.period = 1000000
 train.eval_period = 0
 # From scratch with BN at batch 4, per-parameter gradient-norm clipping keeps training stable
 # (SOLVER.CLIP_GRADIENTS of Base-Tiny-RCNN-FPN.yaml).
 train.clip_gradients = dict(enabled=True, clip_type="norm", clip_value=5.0)
+# The dataset check before training (docs/data_checks.md): the fraction of boxes Detectron2 may drop
+# or misplace before the run stops, and whether a teacher trained on other class names may distill.
+train.max_bad_box_fraction = 0.01
+train.allow_other_teacher_classes = False

@@ -70,8 +70,8 @@ def load_checked(config: str, opts: Sequence[Any]):
     """The run's config with every check the training tools run before any work (keys, loss options,
     datasets registered and present, the teacher's config)."""
     if is_lazy(config):
-        return lazy_engine.setup(config, [str(o) for o in opts])
-    return engine.setup_cfg(config, list(opts))
+        return lazy_engine.check(config, [str(o) for o in opts])
+    return engine.check_cfg(config, list(opts))
 
 
 def plan(row: Row, seed: int, root: Path) -> RunSpec:

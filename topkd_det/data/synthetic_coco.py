@@ -23,8 +23,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-# Bump whenever rendering or the file layout changes, so stale datasets on disk are not reused.
-GENERATOR_VERSION = 1
+# Bump whenever rendering, the annotations or the file layout change, so stale datasets on disk are not
+# reused. 2: instance masks (``segmentation`` polygons); images and boxes are those of version 1.
+GENERATOR_VERSION = 2
 SPLITS = ("train", "val", "test")
 
 # shape -> family. Pairs within a family differ in a detail that survives ROI warping (corner
@@ -250,8 +251,23 @@ def _decoy_colour(rng) -> np.ndarray:
     return _hsv_to_bgr(hue, rng.uniform(120, 255), rng.uniform(110, 255))
 
 
+def visible_polygons(visible: np.ndarray) -> List[List[float]]:
+    """COCO ``segmentation`` polygons of an object's visible pixels: the outer contour of each of its
+    visible parts through the pixel centres (``x + 0.5``). A part too thin for a polygon of three
+    points is left out; an object with no such part gets its box outline, because Detectron2 drops an
+    annotation whose every polygon has fewer than three points, even when it trains no masks."""
+    contours, _ = cv2.findContours(visible.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polygons = [[round(float(v) + 0.5, 1) for v in c.reshape(-1)] for c in contours if len(c) >= 3]
+    if polygons:
+        return polygons
+    ys, xs = np.nonzero(visible)
+    x0, y0, x1, y1 = float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
 def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> Tuple[np.ndarray, List[dict]]:
-    """One BGR uint8 image and its annotations (category_id, bbox xywh, area of visible pixels)."""
+    """One BGR uint8 image and its annotations (category_id, bbox xywh, area of visible pixels, and
+    the polygons of the visible pixels as ``segmentation``)."""
     s = cfg.image_size
     attrs = class_attributes()
     canvas = _background(rng, s)
@@ -297,12 +313,14 @@ def render_image(cfg: SyntheticConfig, rng: np.random.Generator) -> Tuple[np.nda
 
     annotations = []
     for index, (category_id, full_area) in enumerate(objects):
-        ys, xs = np.nonzero(owner == index)
+        visible = owner == index
+        ys, xs = np.nonzero(visible)
         if len(ys) < cfg.min_visible * full_area:
             continue
         x0, y0 = int(xs.min()), int(ys.min())
         bbox = [x0, y0, int(xs.max()) + 1 - x0, int(ys.max()) + 1 - y0]
-        annotations.append({"category_id": category_id, "bbox": bbox, "area": int(len(ys))})
+        annotations.append({"category_id": category_id, "bbox": bbox, "area": int(len(ys)),
+                            "segmentation": visible_polygons(visible)})
     return image, annotations
 
 
@@ -386,7 +404,8 @@ def generate(root, config: Optional[SyntheticConfig] = None, *, overwrite: bool 
         if not overwrite:
             raise FileExistsError(
                 f"{root} exists but does not match the requested synthetic dataset ({reason}); "
-                "pass overwrite=True (--overwrite) to regenerate, or choose another root"
+                f"regenerate it with tools/make_synthetic_coco.py --root {root} --overwrite and the requested "
+                "parameters (overwrite=True in Python), or choose another root"
             )
 
     root.parent.mkdir(parents=True, exist_ok=True)

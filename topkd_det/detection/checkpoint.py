@@ -64,8 +64,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
     """``DetectionCheckpointer`` with atomic writes and a resume that skips damaged files.
 
     ``extra_state`` (optional) returns more data for every checkpoint it writes (the trainer stores
-    its config, RNG states and accepted config changes this way).
+    its config, RNG states and accepted config changes this way). ``incompatible`` holds the keys of
+    the last load that did not fit the model (fvcore's ``_IncompatibleKeys``).
     """
+
+    incompatible = None
 
     def __init__(self, model, save_dir: str = "", *, extra_state: Optional[Callable[[], Dict[str, Any]]] = None,
                  **kwargs):
@@ -94,6 +97,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def get_checkpoint_file(self) -> str:
         return newest_readable_checkpoint(self.save_dir) or ""
+
+    def _load_model(self, checkpoint):
+        # The hook fvcore's Checkpointer documents for subclasses; it only logs what did not fit.
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
 
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):

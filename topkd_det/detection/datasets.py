@@ -1,6 +1,5 @@
 """Register COCO-format datasets with Detectron2 (the synthetic shapes, and a user's own through
 ``DATASETS.COCO_INSTANCES``), and check ``DATASETS.TRAIN/TEST`` before anything is built."""
-import json
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -10,30 +9,17 @@ from detectron2.data.datasets import register_coco_instances
 from topkd_det.config_io import ConfigError
 from topkd_det.data.synthetic_coco import SPLITS, default_root, image_root, json_path
 
+from .coco_facts import read_coco_facts
+
 SYNTHETIC_PREFIX = "synthetic_shapes"
 COCO_INSTANCES_KEY = "DATASETS.COCO_INSTANCES"
 
 
 def read_coco_categories(json_file: str, key: str) -> List[str]:
     """The category names of a COCO instances json, in the order of their ids (Detectron2's
-    contiguous class order). ``key`` names where the file came from in errors."""
-    try:
-        with open(json_file, encoding="utf-8") as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        what = "is empty" if not err.doc.strip() else (
-            f"is not valid JSON ({err.msg} at line {err.lineno} column {err.colno}, char {err.pos} of "
-            f"{len(err.doc)}; a truncated file ends early)")
-        raise ConfigError(f"{key}: {json_file} {what}; re-export or re-download the annotations") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{key}: {json_file} cannot be read ({err})") from None
-    missing = [k for k in ("images", "annotations", "categories") if not isinstance(data, dict) or k not in data]
-    if missing:
-        raise ConfigError(f"{key}: {json_file} is not a COCO instances file: it lacks {', '.join(missing)}")
-    categories = data["categories"]
-    if not categories or not all(isinstance(c, dict) and "id" in c and "name" in c for c in categories):
-        raise ConfigError(f"{key}: {json_file} needs a non-empty 'categories' list of {{'id', 'name'}} entries")
-    return [c["name"] for c in sorted(categories, key=lambda c: c["id"])]
+    contiguous class order). ``key`` names where the file came from in errors. The json is read once
+    for this and for the dataset check (``coco_facts``)."""
+    return list(read_coco_facts(json_file, key).categories)
 
 
 def register_coco_json(name: str, json_file: str, images: str, key: str) -> None:

@@ -14,16 +14,21 @@ from detectron2.utils.logger import setup_logger
 from tqdm import tqdm
 
 from ..config_io import ConfigError
-from .checkpoint import AtomicCheckpointer
+from .class_names import check_teacher_classes, student_classes, teacher_classes
 from .config import load_config
-from .datasets import (check_class_count, check_dataset_files, check_dataset_registered,
-                       register_builtin_synthetic, register_coco_instances_from_cfg)
+from .data_check import Dataset, DatasetSummary, Needs, check_data
+from .datasets import (check_dataset_files, check_dataset_registered, register_builtin_synthetic,
+                       register_coco_instances_from_cfg)
+from .device import device_line, resolve_device
+from .evaluation import eval_folder, load_for_evaluation, weights_to_evaluate
 from .families import SUPPORTED
 from .replicas import ddp_kwargs
-from .tool import check_batch_split
 from .resume import ResumableTrainer, check_resume_config
 from .teacher import FrozenTeacher, check_teacher_cfg, resolve_config_path, teacher_cfg_from
+from .tool import DATA_CHECK_SUMMARY, check_batch_split
 from .validation import check_distill_config
+
+logger = logging.getLogger(__name__)
 
 
 class ProgressBar(HookBase):
@@ -92,7 +97,10 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, output_dir=output_folder)
+        # The model's tasks, not those its predictions happen to show: a model that detects nothing yet
+        # still reports its mask AP (as NaN) instead of leaving the key out.
+        tasks = ("bbox",) + (("segm",) if cfg.MODEL.MASK_ON else ()) + (("keypoints",) if cfg.MODEL.KEYPOINT_ON else ())
+        return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
 
     def build_hooks(self):
         return super().build_hooks() + [ProgressBar()]
@@ -106,17 +114,25 @@ def register_datasets(cfg: CfgNode) -> List[str]:
     return own_names
 
 
-def check_datasets(cfg: CfgNode, check_files: bool = True) -> None:
+def data_needs(cfg: CfgNode) -> Needs:
+    return Needs(cfg.MODEL.ROI_HEADS.NUM_CLASSES, cfg.DATASETS.MAX_BAD_BOX_FRACTION,
+                 "DATASETS.MAX_BAD_BOX_FRACTION", masks=cfg.MODEL.MASK_ON, keypoints=cfg.MODEL.KEYPOINT_ON)
+
+
+def check_datasets(cfg: CfgNode, check_files: bool = True, training: bool = True) -> List[DatasetSummary]:
     """Register the datasets (``register_datasets``) and fail before any work if a dataset in
-    DATASETS.TRAIN/TEST is not registered, lacks its files (``check_files``), or has another class
-    count than the model."""
+    DATASETS.TRAIN/TEST is not registered, lacks its files (``check_files``), has another class count
+    than the model, or fails the data check (``data_check.py``; without ``training``, as for
+    ``--eval-only``, the training sets' class names only). Returns the data check's summaries."""
     own_names = register_datasets(cfg)
+    datasets = []
     for key in ("TRAIN", "TEST"):
         for name in cfg.DATASETS[key]:
             check_dataset_registered(name, key=f"DATASETS.{key}", own_names=own_names)
             if check_files:
                 check_dataset_files(name, key=f"DATASETS.{key}")
-            check_class_count(name, f"DATASETS.{key}", cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+            datasets.append(Dataset(name, f"DATASETS.{key}", train=key == "TRAIN"))
+    return check_data(datasets, data_needs(cfg), [check_files and (training or not d.train) for d in datasets])
 
 
 def check_world_size(cfg: CfgNode, world_size: int) -> None:
@@ -127,40 +143,89 @@ def check_world_size(cfg: CfgNode, world_size: int) -> None:
 
 
 def check_teacher(cfg: CfgNode) -> None:
-    """The teacher's config (file and OPTS) reads, and its class count is the student's: checked on the
-    YAML alone, before either model is built."""
+    """The teacher's config (file and OPTS) reads, and its class count is the student's, and its class
+    names where known (``class_names.py``): checked on the YAML alone, before either model is built."""
     if cfg.MODEL.META_ARCHITECTURE != "DistillRCNN":
         if cfg.MODEL.DISTILL.METHOD != "none":
             raise ConfigError(f"MODEL.DISTILL.METHOD {cfg.MODEL.DISTILL.METHOD} needs MODEL.META_ARCHITECTURE "
                               f"DistillRCNN, not {cfg.MODEL.META_ARCHITECTURE}: {SUPPORTED} can be distilled")
         return
-    if resolve_config_path(cfg.MODEL.TEACHER.CONFIG_FILE, "MODEL.TEACHER.CONFIG_FILE").endswith(".py"):
-        return  # a LazyConfig teacher: its family and class count are checked when it is built
-    check_teacher_cfg(teacher_cfg_from(cfg), cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    teacher_cfg = None
+    if not resolve_config_path(cfg.MODEL.TEACHER.CONFIG_FILE, "MODEL.TEACHER.CONFIG_FILE").endswith(".py"):
+        # A LazyConfig teacher's family and class count are checked when it is built.
+        teacher_cfg = teacher_cfg_from(cfg)
+        check_teacher_cfg(teacher_cfg, cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    teacher = teacher_classes(cfg.MODEL.TEACHER.WEIGHTS, "MODEL.TEACHER.WEIGHTS", teacher_cfg,
+                              "MODEL.TEACHER.CONFIG_FILE")
+    check_teacher_classes(student_classes(cfg.DATASETS.TRAIN, "DATASETS.TRAIN"), teacher,
+                          "MODEL.TEACHER.ALLOW_OTHER_CLASSES True", cfg.MODEL.TEACHER.ALLOW_OTHER_CLASSES)
 
 
-def setup_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Sequence = (),
-              checked: bool = False) -> CfgNode:
-    """Load, check and freeze the config; with ``args``, then Detectron2's ``default_setup`` (logging,
-    config dump, seeding). ``coco_datasets`` are ``[name, json_file, image_root]`` entries appended to
-    ``DATASETS.COCO_INSTANCES``. Every check runs before the dump, so a bad config leaves no run folder.
-    ``checked``: the launching process ran the checks already (``tool.launch_checked``), so this
-    process of the run only registers the datasets."""
+def _evaluates_teacher(args) -> bool:
+    return args is not None and getattr(args, "eval_teacher", False)  # a flag of tools/train_net.py only
+
+
+def _record_folder(cfg: CfgNode, args) -> CfgNode:
+    """The config whose OUTPUT_DIR ``default_setup`` writes config.yaml and log.txt into: an
+    evaluation's own folder below the run, so that it never rewrites the run's config.yaml."""
+    if not (args.eval_only or _evaluates_teacher(args)):
+        return cfg
+    record = cfg.clone()
+    record.defrost()
+    record.OUTPUT_DIR = eval_folder(cfg.OUTPUT_DIR, teacher=_evaluates_teacher(args))
+    record.freeze()
+    return record
+
+
+def check_cfg(config_file: str, opts: List[str], args=None, coco_datasets: Sequence = (),
+              world_size: int = 1) -> CfgNode:
+    """Load, check and freeze the config: everything that can fail on a user's config or data, before
+    anything is built or written. ``coco_datasets`` are ``[name, json_file, image_root]`` entries
+    appended to ``DATASETS.COCO_INSTANCES``. With ``args`` (the tools' flags), what ``--eval-only``,
+    ``--eval-teacher`` and ``--resume`` need is checked too, for ``world_size`` processes, and the data
+    check's summary lines are left on ``args`` for the log."""
+    cfg = _load(config_file, opts, coco_datasets)
+    check_distill_config(cfg)
+    evaluates = args is not None and (args.eval_only or _evaluates_teacher(args))
+    summaries = check_datasets(cfg, training=not evaluates)
+    if args is not None:
+        setattr(args, DATA_CHECK_SUMMARY, [summary.line() for summary in summaries])
+    if evaluates and not _evaluates_teacher(args):  # evaluating the student needs no teacher, but weights
+        weights_to_evaluate(cfg.MODEL.WEIGHTS, "MODEL.WEIGHTS", cfg.OUTPUT_DIR, "OUTPUT_DIR", args.resume)
+    else:
+        check_teacher(cfg)
+    if args is not None and not evaluates:
+        check_world_size(cfg, world_size)
+        if args.resume:
+            check_resume_config(cfg, getattr(args, "allow_config_change", False), world_size)
+    return cfg
+
+
+def _load(config_file: str, opts: List[str], coco_datasets: Sequence) -> CfgNode:
     cfg = load_config(config_file, opts)
-    if not checked:
-        check_distill_config(cfg)
+    cfg.MODEL.DEVICE = resolve_device(cfg.MODEL.DEVICE, "MODEL.DEVICE")
     cfg.DATASETS.COCO_INSTANCES = list(cfg.DATASETS.COCO_INSTANCES) + [list(entry) for entry in coco_datasets]
     cfg.freeze()
+    return cfg
+
+
+def setup_cfg(config_file: str, opts: List[str], args, coco_datasets: Sequence = (),
+              checked: bool = False) -> CfgNode:
+    """The config of one process of a run (``check_cfg``'s checks, unless the launching process ran them:
+    ``checked``, see ``tool.launch_checked``; then the datasets are only registered), then Detectron2's
+    ``default_setup`` (logging, config dump, seeding) and the device and data check in the log. An
+    evaluation (``--eval-only``, ``--eval-teacher``) writes its config and log below the run folder
+    (``evaluation.py``), never over the run's own."""
     if checked:
+        cfg = _load(config_file, opts, coco_datasets)
         register_datasets(cfg)
     else:
-        check_datasets(cfg)
-        if not (args is not None and args.eval_only):  # evaluating the student needs no teacher
-            check_teacher(cfg)
-    if args is not None:
-        if args.resume and not args.eval_only and not checked:
-            check_resume_config(cfg, getattr(args, "allow_config_change", False))
-        run_setup(cfg, args, cfg.OUTPUT_DIR)
+        cfg = check_cfg(config_file, opts, args, coco_datasets)
+    record = _record_folder(cfg, args)
+    run_setup(record, args, record.OUTPUT_DIR)
+    logger.info(device_line(cfg.MODEL.DEVICE, "MODEL.DEVICE"))
+    for line in getattr(args, DATA_CHECK_SUMMARY, []):
+        logger.info("data check: %s", line)
     return cfg
 
 
@@ -181,14 +246,21 @@ def student_only(cfg: CfgNode) -> CfgNode:
 
 
 def evaluate_student(cfg: CfgNode, weights: str, resume: bool = False):
+    """The student alone with ``weights`` (``--resume``: the run's newest checkpoint; no weights: the
+    run's newest checkpoint, see ``evaluation.weights_to_evaluate``)."""
+    path = weights_to_evaluate(weights, "MODEL.WEIGHTS", cfg.OUTPUT_DIR, "OUTPUT_DIR", resume)
     cfg = student_only(cfg)
     model = DistillTrainer.build_model(cfg)
-    AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights, resume=resume)
+    load_for_evaluation(model, path, "MODEL.WEIGHTS" if path == weights else "the run's checkpoint", cfg.OUTPUT_DIR)
     return DistillTrainer.test(cfg, model)
 
 
 def evaluate_teacher(cfg: CfgNode):
-    return DistillTrainer.test(cfg, FrozenTeacher.from_student_cfg(cfg).model)
+    """The teacher alone, its results in ``OUTPUT_DIR/teacher_eval/<dataset>/``, beside the student's
+    ``OUTPUT_DIR/inference/``."""
+    folder = eval_folder(cfg.OUTPUT_DIR, teacher=True)
+    evaluators = [DistillTrainer.build_evaluator(cfg, name, os.path.join(folder, name)) for name in cfg.DATASETS.TEST]
+    return DistillTrainer.test(cfg, FrozenTeacher.from_student_cfg(cfg).model, evaluators)
 
 
 def train(cfg: CfgNode, resume: bool = False, allow_config_change: bool = False):

@@ -6,7 +6,10 @@ checkpoints and evaluation. ``tools/lazyconfig_train_net.py`` is the command lin
 Keys read besides Detectron2's (``configs/common/train.py``): ``train.clip_gradients``, a dict with
 ``SOLVER.CLIP_GRADIENTS``'s keys in lower case (``enabled``, ``clip_type``, ``clip_value``,
 ``norm_type``), as Detectron2's lazy path has no gradient clipping of its own; ``train.seed``, which
-Detectron2's ``default_setup`` seeds with, also seeds the training data order.
+Detectron2's ``default_setup`` seeds with, also seeds the training data order;
+``train.max_bad_box_fraction`` (default 0.01) and ``train.allow_other_teacher_classes`` (default
+False), the lazy twins of ``DATASETS.MAX_BAD_BOX_FRACTION`` and ``MODEL.TEACHER.ALLOW_OTHER_CLASSES``
+(``data_check.py``, ``class_names.py``); ``train.device`` ``auto``, the GPU when there is one.
 
 Resuming follows the yacs path's rules (``resume.py``): atomic checkpoints that store the config, a
 refused resume under a config that changes the result (``--allow-config-change`` records it), a
@@ -16,7 +19,7 @@ a sampler of its own.
 """
 import copy
 import logging
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from detectron2.config import LazyConfig, get_cfg, instantiate
 from detectron2.data import build_detection_train_loader
@@ -25,6 +28,7 @@ from detectron2.engine import AMPTrainer, SimpleTrainer, default_writers, hooks
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.roi_heads import CascadeROIHeads
 from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
@@ -33,22 +37,30 @@ from omegaconf import DictConfig, OmegaConf
 from ..config_io import ConfigError
 from ..resume_rules import ResumeRules, check_resume, flatten
 from .checkpoint import AtomicCheckpointer, newest_readable_checkpoint
-from .datasets import check_class_count, check_dataset_files, check_dataset_registered, register_builtin_synthetic
+from .class_names import check_teacher_classes, classes_entry, student_classes, teacher_classes
+from .data_check import Dataset, DatasetSummary, Needs, check_data
+from .datasets import check_dataset_files, check_dataset_registered, register_builtin_synthetic
+from .device import device_line, resolve_device
 from .engine import ProgressBar, run_setup
+from .evaluation import eval_folder, load_for_evaluation, weights_to_evaluate
 from .meta_arch import DistillRCNN, build_distill_loss
 from .replicas import ReplicaSync, ddp_kwargs, insert_before_readers
 from .resume import (PROCESSES, ContinuingSampler, DeferredLoader, peek_checkpoint, resume_from,
                      rewrite_unreadable_final, stored_fingerprint, teacher_digest)
 from .teacher import LAZY_KEYS, build_teacher, check_dtype, check_teacher_cfg, resolve_config_path, yacs_teacher_cfg
-from .tool import check_batch_split
+from .tool import DATA_CHECK_SUMMARY, check_batch_split
 
 logger = logging.getLogger(__name__)
 _ABSENT = object()
-# As the yacs path's RESUME_RULES: only where and how often files are written, and what evaluation
-# runs on, may change on resume; train.max_iter is the schedule's length.
+# As the yacs path's RESUME_RULES: only where and how often files are written, what evaluation runs on,
+# what the checks accept and the initial weights (a resume loads its checkpoint) may change on resume;
+# train.max_iter is the schedule's length.
 LAZY_RESUME_RULES = ResumeRules("train.max_iter", ("train.output_dir", "train.checkpointer.", "train.eval_period",
-                                                   "train.log_period", "dataloader.test.", "dataloader.evaluator."),
+                                                   "train.log_period", "dataloader.test.", "dataloader.evaluator.",
+                                                   "train.init_checkpoint", "train.max_bad_box_fraction",
+                                                   "train.allow_other_teacher_classes"),
                                 "iterations")
+DEFAULT_MAX_BAD = 0.01  # train.max_bad_box_fraction when a config does not set it (the YAML default)
 LOSS_OPTIONS_KEY = "model.distill_loss.options"
 OWN_DATA_HINT = ("register it in the config file with detectron2.data.datasets.register_coco_instances(name, "
                  "{}, json_file, image_root) and name it in dataloader.*.dataset.names")
@@ -97,32 +109,86 @@ def load_lazy_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
         raise ConfigError(f"override {' '.join(opts)!r}: {type(err).__name__}: {err}") from None
 
 
-def check_datasets(cfg: DictConfig) -> None:
-    """Datasets named in ``dataloader.{train,test}.dataset.names`` are registered, have their files, and
-    have the class count of ``model.roi_heads.num_classes``. The synthetic data is registered if generated."""
+def settable(cfg: DictConfig, key: str) -> str:
+    """How a ``key=value`` override names ``key``: with Hydra's ``+`` when the config lacks it."""
+    return key if OmegaConf.select(cfg, key, default=_ABSENT) is not _ABSENT else f"+{key}"
+
+
+def check_data_keys(cfg: DictConfig) -> Needs:
+    """``train.max_bad_box_fraction`` and what the model's heads need of the data (a mask head
+    masks, a keypoint head keypoints), which ``dataloader.train.mapper`` must then also load."""
+    key = "train.max_bad_box_fraction"
+    fraction = cfg.train.get("max_bad_box_fraction", DEFAULT_MAX_BAD)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ConfigError(f"{key} must be a number in [0, 1] (a fraction of the boxes), got {fraction!r}")
+    heads = cfg.model.get("roi_heads") or {}
+    masks, keypoints = heads.get("mask_head") is not None, heads.get("keypoint_head") is not None
+    mapper = OmegaConf.select(cfg, "dataloader.train.mapper", default=None)
+    for needed, flag, what in ((masks, "use_instance_mask", "mask"), (keypoints, "use_keypoint", "keypoint")):
+        if needed and mapper is not None and not mapper.get(flag, False):
+            raise ConfigError(f"model.roi_heads has a {what} head but dataloader.train.mapper.{flag} is "
+                              f"{mapper.get(flag, False)}, so it would train on no {what} targets; set "
+                              f"dataloader.train.mapper.{flag}=True")
+    return Needs(OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None), float(fraction),
+                 settable(cfg, key), "=", masks=masks, masks_key="model.roi_heads.mask_head",
+                 masks_off="remove model.roi_heads.mask_head, mask_in_features and mask_pooler", keypoints=keypoints,
+                 keypoints_key="model.roi_heads.keypoint_head",
+                 keypoints_off="remove model.roi_heads.keypoint_head, keypoint_in_features and keypoint_pooler",
+                 classes_key="model.roi_heads.num_classes", teacher_opts_key=LAZY_KEYS.opts)
+
+
+def _dataset_names(cfg: DictConfig, split: str):
+    names = OmegaConf.select(cfg, f"dataloader.{split}.dataset.names", default=None)
+    return [names] if isinstance(names, str) else list(names or [])
+
+
+def check_datasets(cfg: DictConfig, training: bool = True) -> List[DatasetSummary]:
+    """Datasets named in ``dataloader.{train,test}.dataset.names`` are registered, have their files and
+    the class count of ``model.roi_heads.num_classes``, and pass the data check (``data_check.py``;
+    without ``training``, the training sets' class names only). The synthetic data is registered if
+    generated. Returns the data check's summaries, for the log."""
     register_builtin_synthetic()
-    num_classes = OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)
+    needs = check_data_keys(cfg)
+    datasets = []
     for split in ("train", "test"):
         key = f"dataloader.{split}.dataset.names"
-        names = OmegaConf.select(cfg, key, default=None)
-        for name in [names] if isinstance(names, str) else list(names or []):
+        for name in _dataset_names(cfg, split):
             check_dataset_registered(name, key=key, own_data_hint=OWN_DATA_HINT)
             check_dataset_files(name, key=key)
-            if num_classes is not None:
-                check_class_count(name, key, num_classes, "model.roi_heads.num_classes", LAZY_KEYS.opts)
+            datasets.append(Dataset(name, key, train=split == "train"))
+    return check_data(datasets, needs, [training or not d.train for d in datasets])
+
+
+def check_cascade(cfg: DictConfig) -> None:
+    """Cascade R-CNN's stages refine one box per proposal: its box predictors regress class-agnostic
+    boxes (the YAML path's MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG)."""
+    heads = cfg.model.get("roi_heads")
+    if _target(heads) is not CascadeROIHeads:
+        return
+    for k, predictor in enumerate(heads.get("box_predictors") or []):
+        if not predictor.get("cls_agnostic_bbox_reg", False):
+            raise ConfigError(f"model.roi_heads is CascadeROIHeads, which needs "
+                              f"model.roi_heads.box_predictors.{k}.cls_agnostic_bbox_reg=True (each stage refines "
+                              "one box per proposal, not one per class)")
 
 
 def check_teacher(cfg: DictConfig) -> None:
-    """A ``build_teacher`` node's dtype and (YAML) config, checked before anything is built. Its weights
-    are checked when it is built: ``--eval-only`` builds no teacher."""
+    """A ``build_teacher`` node's dtype and (YAML) config, and its class names where known
+    (``class_names.py``), checked before anything is built. Its weights are checked when it is built:
+    ``--eval-only`` builds no teacher."""
     teacher = cfg.model.get("teacher") if _target(cfg.model) is DistillRCNN else None
     if _target(teacher) is not build_teacher:
         return
     check_dtype(teacher.get("dtype", "float32"), LAZY_KEYS)
     config = teacher.get("config")
+    teacher_cfg = None
     if isinstance(config, str) and not resolve_config_path(config, LAZY_KEYS.config).endswith(".py"):
         teacher_cfg = yacs_teacher_cfg(config, list(teacher.get("opts", [])), keys=LAZY_KEYS)
         check_teacher_cfg(teacher_cfg, cfg.model.roi_heads.num_classes, "model.roi_heads.num_classes", LAZY_KEYS)
+    student = student_classes(_dataset_names(cfg, "train"), "dataloader.train.dataset.names")
+    teacher_names = teacher_classes(teacher.get("weights"), LAZY_KEYS.weights, teacher_cfg, LAZY_KEYS.config)
+    accept = f"{settable(cfg, 'train.allow_other_teacher_classes')}=True"
+    check_teacher_classes(student, teacher_names, accept, bool(cfg.train.get("allow_other_teacher_classes", False)))
 
 
 def check_distill_loss(cfg: DictConfig) -> None:
@@ -133,22 +199,54 @@ def check_distill_loss(cfg: DictConfig) -> None:
         build_distill_loss(options, cfg.model.roi_heads.num_classes, config_prefix=LOSS_OPTIONS_KEY)
 
 
-def setup(config_file: str, opts: Sequence[str], args=None, checked: bool = False) -> DictConfig:
-    """Load and check the config; with ``args``, then Detectron2's ``default_setup`` (logging, the
-    config dump, seeding). Every check runs before the dump, so a bad config leaves no run folder; so
-    does the resume check (``--resume``). ``checked``: the launching process ran the checks already
-    (``tool.launch_checked``), so this process of the run only registers the synthetic data."""
+def check(config_file: str, opts: Sequence[str], args=None, world_size: int = 1) -> DictConfig:
+    """Load and check the config: everything that can fail on a user's config or data, before anything
+    is built or written. With ``args`` (the tool's flags), what ``--eval-only`` and ``--resume`` need is
+    checked too, for ``world_size`` processes, and the data check's summary lines are left on ``args``
+    for the log."""
+    cfg = _load(config_file, opts)
+    check_distill_loss(cfg)
+    check_cascade(cfg)
+    eval_only = args is not None and args.eval_only
+    summaries = check_datasets(cfg, training=not eval_only)
+    if args is not None:
+        setattr(args, DATA_CHECK_SUMMARY, [summary.line() for summary in summaries])
+    if eval_only:
+        weights_to_evaluate(cfg.train.init_checkpoint, "train.init_checkpoint", cfg.train.output_dir,
+                            "train.output_dir", args.resume)
+    else:
+        check_teacher(cfg)
+    if args is not None and not eval_only:
+        check_world_size(cfg, world_size)
+        if args.resume:
+            check_resume_config(cfg, getattr(args, "allow_config_change", False), world_size)
+    return cfg
+
+
+def _load(config_file: str, opts: Sequence[str]) -> DictConfig:
     cfg = load_lazy_config(config_file, opts)
+    cfg.train.device = resolve_device(cfg.train.get("device", "cuda"), "train.device")
+    return cfg
+
+
+def setup(config_file: str, opts: Sequence[str], args, checked: bool = False) -> DictConfig:
+    """The config of one process of a run (``check``'s checks, unless the launching process ran them:
+    ``checked``, see ``tool.launch_checked``; then the synthetic data is only registered), then
+    Detectron2's ``default_setup`` (logging, the config dump, seeding) and the device and data check
+    in the log. ``--eval-only`` writes its config and log below the run folder (``evaluation.py``)."""
     if checked:
+        cfg = _load(config_file, opts)
         register_builtin_synthetic()
     else:
-        check_distill_loss(cfg)
-        check_datasets(cfg)
-        check_teacher(cfg)
-    if args is not None:
-        if args.resume and not args.eval_only and not checked:
-            check_resume_config(cfg, getattr(args, "allow_config_change", False))
-        run_setup(cfg, args, cfg.train.output_dir)
+        cfg = check(config_file, opts, args)
+    record = cfg
+    if args.eval_only:
+        record = copy.deepcopy(cfg)
+        record.train.output_dir = eval_folder(cfg.train.output_dir)
+    run_setup(record, args, record.train.output_dir)
+    logger.info(device_line(cfg.train.device, "train.device"))
+    for line in getattr(args, DATA_CHECK_SUMMARY, []):
+        logger.info("data check: %s", line)
     return cfg
 
 
@@ -242,8 +340,8 @@ def with_gradient_clipping(optimizer, options) -> object:
 
 def evaluate_model(cfg: DictConfig, model) -> Dict:
     """``dataloader.evaluator`` (COCOEvaluator in this project's configs) on ``dataloader.test``; nothing
-    without an evaluator or test data (``dataloader.test.dataset.names=[]``, as DATASETS.TEST ())."""
-    if "evaluator" not in cfg.dataloader or not OmegaConf.select(cfg, "dataloader.test.dataset.names", default=None):
+    without test datasets (``dataloader.test.dataset.names=[]``), as the YAML path with ``DATASETS.TEST ()``."""
+    if "evaluator" not in cfg.dataloader or not _dataset_names(cfg, "test"):
         return {}
     results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():
@@ -252,12 +350,15 @@ def evaluate_model(cfg: DictConfig, model) -> Dict:
 
 
 def evaluate_student(cfg: DictConfig, resume: bool = False) -> Dict:
-    """The student alone, with ``train.init_checkpoint`` (or, with ``resume``, the run's last checkpoint)."""
+    """The student alone, with ``train.init_checkpoint`` (with ``resume``, or without weights, the run's
+    newest checkpoint; see ``evaluation.weights_to_evaluate``)."""
+    weights = cfg.train.init_checkpoint
+    path = weights_to_evaluate(weights, "train.init_checkpoint", cfg.train.output_dir, "train.output_dir", resume)
     model = instantiate(student_only(cfg.model))
     model.to(cfg.train.device)
     model = create_ddp_model(model, **ddp_kwargs(model))
-    AtomicCheckpointer(model, save_dir=cfg.train.output_dir).resume_or_load(cfg.train.init_checkpoint,
-                                                                            resume=resume)
+    load_for_evaluation(model, path, "train.init_checkpoint" if path == weights else "the run's checkpoint",
+                        cfg.train.output_dir)
     return evaluate_model(cfg, model)
 
 
@@ -277,7 +378,7 @@ def train(cfg: DictConfig, resume: bool = False, allow_config_change: bool = Fal
 
     def checkpoint_state():
         return {"config": fingerprint, "config_changes": history, "rng": replica_sync.rng_states_for_checkpoint(),
-                "world_size": comm.get_world_size()}
+                "world_size": comm.get_world_size(), **classes_entry(_dataset_names(cfg, "train"))}
 
     # The teacher is not a submodule, so checkpoints hold the student only.
     checkpointer = AtomicCheckpointer(model, out, trainer=trainer, extra_state=checkpoint_state)

@@ -47,14 +47,17 @@ from ..resume_rules import Change, ResumeRules, check_resume, flatten
 from ..rng import set_rng_state
 from ..state_dicts import mismatch
 from .checkpoint import FINAL, AtomicCheckpointer, CheckpointError, newest_readable_checkpoint
+from .class_names import classes_entry
 from .replicas import ReplicaSync, insert_before_readers
 
 logger = logging.getLogger(__name__)
 
-# Keys that only decide where and how often files are written, and what evaluation runs on; changing
-# them does not change the trained weights.
+# Keys that only decide where and how often files are written, what evaluation runs on and what the
+# checks before a run accept; changing them does not change the trained weights. MODEL.WEIGHTS is what
+# a run starts from: a resume loads its checkpoint instead (an evaluation sets MODEL.WEIGHTS to it).
 RESUME_RULES = ResumeRules("SOLVER.MAX_ITER", ("OUTPUT_DIR", "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD", "TEST.",
-                                               "DATASETS.TEST"), "iterations")
+                                               "DATASETS.TEST", "MODEL.WEIGHTS", "DATASETS.MAX_BAD_BOX_FRACTION",
+                                               "MODEL.TEACHER.ALLOW_OTHER_CLASSES"), "iterations")
 TEACHER_DIGEST = "MODEL.TEACHER.WEIGHTS (sha256)"
 # The number of processes is part of what identifies a run: each rank has its own share of every
 # batch and its own random state, so another count trains another run. Checkpoints store it as
@@ -287,6 +290,7 @@ class ResumableTrainer:
             "config_changes": self.config_changes,
             "rng": self.replica_sync.rng_states_for_checkpoint(),
             "world_size": comm.get_world_size(),
+            **classes_entry(self.cfg.DATASETS.TRAIN),
         }
 
     def resume_or_load(self, resume=True):

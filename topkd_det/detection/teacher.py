@@ -12,6 +12,7 @@ from detectron2.structures import Boxes
 
 from ..config_io import ConfigError, merge_config
 from .families import SUPPORTED, family_name, teacher_stages
+from .validation import check_family_config
 
 ZOO_PREFIX = "zoo:"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -103,6 +104,7 @@ def check_teacher_cfg(teacher_cfg: CfgNode, student_classes: int, classes_key: s
                           f"student's {classes_key} is {student_classes}; distillation needs one label space: set "
                           f"the teacher's with {keys.opts} (e.g. ['MODEL.ROI_HEADS.NUM_CLASSES', {student_classes}]) "
                           "or the student's")
+    check_family_config(teacher_cfg, "the teacher's ", f"set it in {keys.config} or with {keys.opts}")
 
 
 def _shorten(keys: List[str]) -> str:

@@ -29,6 +29,8 @@ MULTI_GPU_DOCS = "docs/multi_gpu.md"
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 # The workers of a run whose config the launching process has checked skip those checks.
 CHECKED = "checked_by_launcher"
+# The data check's summary lines, which the launching process leaves for every process's log.
+DATA_CHECK_SUMMARY = "data_check_summary"
 
 
 def argument_parser(doc: str) -> argparse.ArgumentParser:
@@ -43,6 +45,11 @@ def parse_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]], e
     args = parser.parse_args(argv)
     if not args.config_file:
         parser.error(f"--config-file is required ({example})")
+    # Detectron2's parser takes everything after the first override as overrides (argparse.REMAINDER).
+    flags = [opt for opt in args.opts if isinstance(opt, str) and opt.startswith("--")]
+    if flags:
+        parser.error(f"{', '.join(flags)} came after the config overrides, which take everything after the first "
+                     f"one: put flags before the overrides (--config-file FILE {flags[0]} ... then the overrides)")
     return args
 
 
