@@ -269,9 +269,12 @@ def test_fashion_mnist_analysis_driver_tabulates_every_tool(runs, tmp_path, caps
     import shutil
 
     bench = tmp_path / "bench"
-    for name, source in (("teacher", runs["teacher"]), ("none/seed0", runs["alone"]), ("kd/seed0", runs["kd"])):
+    # The benchmark's layout: the teacher's folder, and each run's folder listed in results.csv.
+    for name, source in (("teacher", runs["teacher"]), ("none/seed0-key", runs["alone"]), ("kd/seed0-key", runs["kd"])):
         (bench / name).mkdir(parents=True)
         shutil.copy(source, bench / name / "last.pth")
+    (bench / "results.csv").write_text("row,seed,output_dir\n"
+                                       f"student alone,0,{bench / 'none/seed0-key'}\nKD,0,{bench / 'kd/seed0-key'}\n")
     spec = importlib.util.spec_from_file_location("cls_analysis", Path(__file__).parents[1] / "benchmarks" / "cls_analysis.py")
     driver = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(driver)
