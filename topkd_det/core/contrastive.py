@@ -58,33 +58,32 @@ class _CosineInfoNCE(torch.autograd.Function):
 
 
 def _info_nce(s, t, temperature, normalize, blocked, valid):
-    """Mean over rows (``valid`` ones, for a padded batch of groups) of the symmetric InfoNCE whose
-    targets are the diagonal; ``blocked`` marks off-diagonal pairs left out of both denominators."""
+    """Mean over rows (the ``valid`` ones, when given) of the symmetric InfoNCE whose targets are the
+    diagonal; ``blocked`` marks off-diagonal pairs left out of both denominators."""
     scale = 1.0 / temperature
+    weight = _row_weights(s, valid)
     if normalize and scale <= _MAX_COSINE_SCALE:
-        if valid is None:
-            weight = s.new_full(s.shape[:-1], 1.0 / s.shape[-2])
-        else:
-            weight = valid.to(s.dtype) / valid.sum()
         return _CosineInfoNCE.apply(F.normalize(s, dim=-1), F.normalize(t, dim=-1), scale, blocked, weight)
-    return _symmetric_ce(_similarity(s, t, temperature, normalize), blocked, valid)
+    return _symmetric_ce(_similarity(s, t, temperature, normalize), blocked, weight)
 
 
-def _symmetric_ce(sim: torch.Tensor, blocked: Optional[torch.Tensor], valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """Mean of the row-wise and column-wise CE whose targets are the diagonal of ``sim`` (..., n, n).
+def _row_weights(s: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """1 / (number of valid rows) for each valid row, 0 for the others (0 everywhere when none is)."""
+    if valid is None:
+        return s.new_full(s.shape[:-1], 1.0 / s.shape[-2])
+    valid = valid.to(s.dtype)
+    return valid / valid.sum().clamp(min=1.0)
 
-    ``blocked`` marks off-diagonal pairs left out of the softmax denominators; ``valid`` marks real
-    rows when ``sim`` is a padded batch of groups.
-    """
+
+def _symmetric_ce(sim: torch.Tensor, blocked: Optional[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over rows of the mean of the row-wise and column-wise CE whose targets are the
+    diagonal of ``sim`` (n, n); ``blocked`` marks off-diagonal pairs left out of the softmax denominators."""
     if blocked is not None:
         sim = sim.masked_fill(blocked, float("-inf"))
     diag = torch.diagonal(sim, dim1=-2, dim2=-1)
     per_row = torch.logsumexp(sim, dim=-1) - diag
     per_col = torch.logsumexp(sim, dim=-2) - diag
-    per_item = 0.5 * (per_row + per_col)
-    if valid is None:
-        return per_item.mean()
-    return per_item[valid].mean()
+    return (0.5 * (per_row + per_col) * weight).sum()
 
 
 def _same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
@@ -93,29 +92,20 @@ def _same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
     return same & ~eye
 
 
-def _grouped(s, t, temperature, normalize, labels, negatives, groups):
-    """Contrast rows only within their own group: a padded batch of per-group n×n blocks."""
-    order = torch.argsort(groups, stable=True)
-    _, counts = torch.unique_consecutive(groups[order], return_counts=True)
-    n_groups, width = counts.numel(), int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(groups.numel(), device=s.device) - torch.repeat_interleave(starts, counts)
-    group_of = torch.repeat_interleave(torch.arange(n_groups, device=s.device), counts)
-
-    def pad(x, fill=0.0):
-        out = x.new_full((n_groups, width) + x.shape[1:], fill)
-        out[group_of, slot] = x[order]
-        return out
-
-    valid = torch.zeros(n_groups, width, dtype=torch.bool, device=s.device)
-    valid[group_of, slot] = True
-    eye = torch.eye(width, dtype=torch.bool, device=s.device)
-    # Padding slots are blocked everywhere except their own diagonal (keeps their rows finite; they
-    # are dropped from the mean by ``valid``).
-    blocked = ~(valid.unsqueeze(-1) & valid.unsqueeze(-2)) & ~eye
-    if negatives == "other_label":
-        blocked = blocked | _same_label_pairs(pad(labels, -1))
-    return _info_nce(pad(s), pad(t), temperature, normalize, blocked, valid)
+def _blocked_pairs(n: int, device, labels, negatives, groups, rows) -> Optional[torch.Tensor]:
+    """Off-diagonal pairs left out of both denominators: pairs of another label (``other_label``), of
+    another group, or with a row that does not take part. Masks over the whole n x n matrix rather than
+    per-group blocks or a subset of rows: the shapes never depend on the values."""
+    blocked = _same_label_pairs(labels) if negatives == "other_label" else None
+    if groups is not None:
+        other_group = groups.unsqueeze(-1) != groups.unsqueeze(-2)
+        blocked = other_group if blocked is None else blocked | other_group
+    if rows is not None:
+        # A left-out row keeps only its own diagonal entry: its terms stay finite, and its weight is 0.
+        eye = torch.eye(n, dtype=torch.bool, device=device)
+        outside = ~(rows.unsqueeze(-1) & rows.unsqueeze(-2)) & ~eye
+        blocked = outside if blocked is None else blocked | outside
+    return blocked
 
 
 def _gathered(s, t, temperature, normalize, labels, negatives):
@@ -154,7 +144,8 @@ def _gathered(s, t, temperature, normalize, labels, negatives):
 
 def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, normalize: bool = True,
                      labels: Optional[torch.Tensor] = None, negatives: str = "all",
-                     groups: Optional[torch.Tensor] = None, gather: bool = False) -> torch.Tensor:
+                     groups: Optional[torch.Tensor] = None, gather: bool = False,
+                     rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Symmetric InfoNCE between student rows and (scaled) teacher rows.
 
     Args:
@@ -164,6 +155,8 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
             left out of both softmax denominators.
         groups: per-row group id (``scope=image`` in detection): rows contrast only within their group.
         gather: take negatives from every rank of the default process group (data parallel).
+        rows: bool per row, the rows that take part (``foreground_only``): the loss is that of the
+            batch with the other rows removed, computed without a shape that depends on the mask.
     Returns 0 for fewer than two rows.
     """
     if temperature <= 0:
@@ -175,17 +168,18 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
     if gather and groups is not None:
         raise ValueError("gather=True contrasts across ranks and cannot be combined with per-image groups")
     check_pair(s, t)
-    for name, ids in (("labels", labels), ("groups", groups)):
+    for name, ids in (("labels", labels), ("groups", groups), ("rows", rows)):
         if ids is not None and tuple(ids.shape) != (s.shape[0],):
             raise ValueError(f"{name} must have shape ({s.shape[0]},), got {tuple(ids.shape)}")
     s, t = at_least_float32(s), at_least_float32(t.detach())
     # Under AMP, autocast would run the N×N matmul in half precision; the spec computes in float32.
     with torch.autocast(s.device.type, enabled=False):
         if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if rows is not None:  # _gathered exchanges row counts on the host anyway
+                keep = rows.nonzero().squeeze(1)
+                s, t, labels = s[keep], t[keep], labels[keep] if labels is not None else None
             return _gathered(s, t, temperature, normalize, labels, negatives)
         if s.shape[0] < 2:
             return s.sum() * 0.0
-        if groups is not None:
-            return _grouped(s, t, temperature, normalize, labels, negatives, groups)
-        blocked = _same_label_pairs(labels) if negatives == "other_label" else None
-        return _info_nce(s, t, temperature, normalize, blocked, None)
+        blocked = _blocked_pairs(s.shape[0], s.device, labels, negatives, groups, rows)
+        return _info_nce(s, t, temperature, normalize, blocked, rows)
