@@ -35,7 +35,7 @@ from ..resume_rules import ResumeRules, check_resume, flatten
 from ..rng import rng_state
 from .checkpoint import AtomicCheckpointer, newest_readable_checkpoint
 from .datasets import check_class_count, check_dataset_files, check_dataset_registered, register_builtin_synthetic
-from .engine import ProgressBar
+from .engine import LossFaultCheck, ProgressBar
 from .meta_arch import DistillRCNN, build_distill_loss
 from .resume import (ContinuingSampler, DeferredLoader, peek_checkpoint, resume_from, rewrite_unreadable_final,
                      stored_fingerprint, teacher_digest)
@@ -273,6 +273,7 @@ def train(cfg: DictConfig, resume: bool = False, allow_config_change: bool = Fal
         hooks.PeriodicWriter(default_writers(out, cfg.train.max_iter),
                              period=cfg.train.log_period) if main else None,
         ProgressBar(),
+        LossFaultCheck(cfg.train.log_period),
     ])
     loaded = resume_from(checkpointer, out, fingerprint, LAZY_RESUME_RULES, allow_config_change, None, resume)
     if loaded is None:
