@@ -104,6 +104,8 @@ class FastStep:
                         if compile else self._forward)
         self.cuda_graph = cuda_graph
         self.graph: Optional[torch.cuda.CUDAGraph] = None
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest algorithm is found once
         for module in {self.distiller.student, self.distiller.teacher} - {None}:
             module.to(memory_format=torch.channels_last)
 
