@@ -15,11 +15,12 @@ import pytest
 import torch
 
 from cls_fixtures import fashion_dir, tiny_cfg
+from conftest import REPO
 from topkd_det.classification.checkpoint import load_file
 from topkd_det.classification.config import load_cls_cfg
 from topkd_det.classification.data import CIFAR100_MEAN, CIFAR100_STD
 from topkd_det.classification.engine import Env, Trainer
-from topkd_det.classification.fast import FastStep, use_fast_path
+from topkd_det.classification.fast import FastStep, fast_path_problem, use_fast_path
 from topkd_det.classification.models import build_model
 from topkd_det.config_io import ConfigError
 
@@ -228,6 +229,24 @@ def test_fast_path_settings_are_checked_before_any_work(tmp_path, data):
     assert not use_fast_path(auto, torch.device("cuda"), 2)
     fp16, _ = tiny_cfg(tmp_path, data, "FAST_PATH", "auto", "AMP.ENABLED", True, "AMP.DTYPE", "fp16")
     assert not use_fast_path(fp16, torch.device("cuda"), 1)
+
+
+def test_every_cnn_config_of_cifar100_can_take_the_fast_path():
+    """The CNN pairs (every method, plug-in and LS variant) qualify; the ViT students' configs (randaug,
+    AdamW) name why they stay on the DataLoader path."""
+    eligible, other = 0, set()
+    for path in sorted((REPO / "configs" / "cifar100").rglob("*.yaml")):
+        if path.name == "base.yaml":
+            continue
+        cfg = load_cls_cfg(str(path), check_files=False)
+        problem = fast_path_problem(cfg)
+        if cfg.DATASET.TRANSFORM == "crop_flip":
+            assert problem is None and cfg.SOLVER.BATCH_SIZE == 64, path
+            eligible += 1
+        else:
+            other.add(problem)
+    assert eligible == 142
+    assert other == {"DATASET.TRANSFORM randaug runs per image on the CPU (only crop_flip runs on the device)"}
 
 
 # --- faults of the loss, acted on at the logging points ----------------------------------------------
