@@ -13,6 +13,8 @@ inside the eager loss, and the whole loss module compiled into one graph (``full
 first call's compile time is reported separately and left out of the medians. ``--against REF``
 adds the same losses from ``topkd_det/core`` at the git revision REF (rows ``REF: ...``, ratios
 still to this tree's KD), and a table of this tree's time over REF's for each loss.
+``--clock process --threads 1`` times the CPU seconds of this process instead of wall seconds: on a
+CPU shared with other jobs, wall-clock medians measure the scheduler more than the losses.
 """
 import argparse
 import contextlib
@@ -52,6 +54,19 @@ class WithPatchedFunctions:
             return self.loss(*args, **kwargs)
 
 
+class WithGroupSizes:
+    """A loss called with each group's row count (as detection passes them, known on the host) instead of
+    per-row group ids; the counts are read once, outside the timed calls that follow."""
+
+    def __init__(self, loss):
+        self.loss, self.sizes = loss, {}
+
+    def __call__(self, s, t, y, groups):
+        if groups.shape not in self.sizes:
+            self.sizes[groups.shape] = torch.bincount(groups).tolist()
+        return self.loss(s, t, y, groups=self.sizes[groups.shape])
+
+
 def losses_for(num_classes: int, compiled: bool = False, build=build_loss, prefix: str = ""):
     k = min(10, (num_classes - 2) // 2)
     top = {"k": k}
@@ -68,6 +83,9 @@ def losses_for(num_classes: int, compiled: bool = False, build=build_loss, prefi
         "TopKD (max_rows 1024)": build("topkd", ce_weight=0.0, topkd=dict(top, max_rows=1024)),
         "DKD+TSM+TDL": build("dkd", ce_weight=0.0, topkd=top, plugin={"tsm": True, "tdl": True}),
     }
+    if not prefix:  # this tree's: counts per image, as detection passes them (older trees take ids only)
+        losses["TopKD (image scope, 8 groups as counts)"] = WithGroupSizes(
+            build("topkd", ce_weight=0.0, topkd=dict(top, scope="image")))
     if compiled:
         losses["TopKD, TSM+TDL compiled"] = WithPatchedFunctions(
             build_loss("topkd", ce_weight=0.0, topkd=top),
@@ -98,14 +116,18 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def time_once(loss, s, t, y, groups, device):
     s = s.detach().requires_grad_(True)
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     total = sum(loss(s, t, y, groups=groups).values())
     total.backward()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def peak_memory(loss, s, t, y, groups, device):
@@ -149,9 +171,10 @@ def measure_size(n, c, device, repeats, warmup, compiled=False, against=None):
     return rows, compile_seconds
 
 
-def header(device, threads):
+def header(device, threads, clock_name="wall"):
     return (f"Device: {device} ({'%d threads' % threads if device.type == 'cpu' else torch.cuda.get_device_name(device)}), "
-            f"torch {torch.__version__}. Median forward+backward; ratio = time / KD time at the same size.\n\n"
+            f"torch {torch.__version__}. Median forward+backward ({clock_name} time); ratio = time / KD time at the same "
+            "size.\n\n"
             "| (N, C) | loss | ms | × KD | peak MiB |\n|---|---|---:|---:|---:|")
 
 
@@ -190,11 +213,20 @@ def main():
                    help="logit shapes (default: %(default)s)")
     p.add_argument("--compile", action="store_true", help="add the torch.compile variants of TopKD")
     p.add_argument("--against", metavar="REF", help="also time the losses of topkd_det/core at git revision REF")
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall seconds, or this process's CPU seconds (a CPU shared with other jobs)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", type=Path, help="also write the markdown table here")
     args = p.parse_args()
     device = torch.device(args.device)
+    if args.clock == "process" and device.type != "cpu":
+        p.error("--clock process counts CPU seconds: use it with --device cpu")
+    global clock
+    clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     # Each size's rows print as soon as they are measured, so a run stopped early keeps them.
-    lines = [header(device, torch.get_num_threads())]
+    lines = [header(device, torch.get_num_threads(), args.clock)]
     print(lines[0], flush=True)
     compile_lines, all_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:

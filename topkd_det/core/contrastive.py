@@ -3,7 +3,7 @@
 ``A = sim(s, t') / τ`` and ``L = ½ [CE(A, arange(N)) + CE(Aᵀ, arange(N))]``: row n of the student
 must pick out row n of the teacher among the batch and vice versa.
 """
-from typing import Optional
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -93,9 +93,9 @@ def _same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
 
 
 def _blocked_pairs(n: int, device, labels, negatives, groups, rows) -> Optional[torch.Tensor]:
-    """Off-diagonal pairs left out of both denominators: pairs of another label (``other_label``), of
-    another group, or with a row that does not take part. Masks over the whole n x n matrix rather than
-    per-group blocks or a subset of rows: the shapes never depend on the values."""
+    """Off-diagonal pairs (of the last two dims) left out of both denominators: pairs of another label
+    (``other_label``), of another group, or with a row that does not take part. Masks rather than a subset
+    of rows, so that no shape depends on the values."""
     blocked = _same_label_pairs(labels) if negatives == "other_label" else None
     if groups is not None:
         other_group = groups.unsqueeze(-1) != groups.unsqueeze(-2)
@@ -106,6 +106,35 @@ def _blocked_pairs(n: int, device, labels, negatives, groups, rows) -> Optional[
         outside = ~(rows.unsqueeze(-1) & rows.unsqueeze(-2)) & ~eye
         blocked = outside if blocked is None else blocked | outside
     return blocked
+
+
+def group_sizes(sizes: Sequence[int], n: int) -> List[int]:
+    """The sizes of consecutive groups of ``n`` rows, checked, without empty groups."""
+    sizes = [int(size) for size in sizes]
+    if sum(sizes) != n or min(sizes, default=0) < 0:
+        raise ValueError(f"group sizes {sizes} must be >= 0 and add up to the {n} rows")
+    return [size for size in sizes if size]
+
+
+def _blocks(x: torch.Tensor, sizes: Sequence[int], fill) -> torch.Tensor:
+    """The rows of ``x`` split into consecutive groups of ``sizes`` and padded with ``fill`` to the largest:
+    (groups, width, ...)."""
+    width = max(sizes)
+    if all(n == width for n in sizes):
+        return x.reshape(len(sizes), width, *x.shape[1:])
+    pad = (0, 0) * (x.dim() - 1)
+    return torch.stack([F.pad(part, pad + (0, width - len(part)), value=fill) for part in x.split(list(sizes))])
+
+
+def _in_blocks(s, t, temperature, normalize, labels, negatives, sizes, rows):
+    """Rows contrasted within consecutive groups of known ``sizes``: a padded batch of per-group blocks,
+    Σ n_g² entries rather than the N² of a mask over the whole matrix."""
+    real = _blocks(torch.ones(s.shape[0], dtype=torch.bool, device=s.device), sizes, False)
+    valid = real if rows is None else real & _blocks(rows, sizes, False)
+    pad_labels = _blocks(labels, sizes, -1) if labels is not None else None
+    # Padding slots, like rows left out, keep only their own diagonal entry.
+    blocked = _blocked_pairs(valid.shape[-1], s.device, pad_labels, negatives, None, valid)
+    return _info_nce(_blocks(s, sizes, 0.0), _blocks(t, sizes, 0.0), temperature, normalize, blocked, valid)
 
 
 def _gathered(s, t, temperature, normalize, labels, negatives):
@@ -144,7 +173,7 @@ def _gathered(s, t, temperature, normalize, labels, negatives):
 
 def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, normalize: bool = True,
                      labels: Optional[torch.Tensor] = None, negatives: str = "all",
-                     groups: Optional[torch.Tensor] = None, gather: bool = False,
+                     groups: Optional[Union[torch.Tensor, Sequence[int]]] = None, gather: bool = False,
                      rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Symmetric InfoNCE between student rows and (scaled) teacher rows.
 
@@ -153,7 +182,8 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
         normalize: cosine similarity (True) or the paper's literal dot product ``s tᵀ`` (False).
         labels, negatives: with ``negatives='other_label'`` a pair (i, j ≠ i) with equal labels is
             left out of both softmax denominators.
-        groups: per-row group id (``scope=image`` in detection): rows contrast only within their group.
+        groups: rows contrast only within their group (``scope=image`` in detection): a per-row group id
+            (a mask over the N x N matrix), or the sizes of consecutive groups as ints (per-group blocks).
         gather: take negatives from every rank of the default process group (data parallel).
         rows: bool per row, the rows that take part (``foreground_only``): the loss is that of the
             batch with the other rows removed, computed without a shape that depends on the mask.
@@ -168,6 +198,9 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
     if gather and groups is not None:
         raise ValueError("gather=True contrasts across ranks and cannot be combined with per-image groups")
     check_pair(s, t)
+    sizes = None
+    if groups is not None and not isinstance(groups, torch.Tensor):
+        sizes, groups = group_sizes(groups, s.shape[0]), None
     for name, ids in (("labels", labels), ("groups", groups), ("rows", rows)):
         if ids is not None and tuple(ids.shape) != (s.shape[0],):
             raise ValueError(f"{name} must have shape ({s.shape[0]},), got {tuple(ids.shape)}")
@@ -181,5 +214,7 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
             return _gathered(s, t, temperature, normalize, labels, negatives)
         if s.shape[0] < 2:
             return s.sum() * 0.0
+        if sizes is not None:
+            return _in_blocks(s, t, temperature, normalize, labels, negatives, sizes, rows)
         blocked = _blocked_pairs(s.shape[0], s.device, labels, negatives, groups, rows)
         return _info_nce(s, t, temperature, normalize, blocked, rows)

@@ -3,14 +3,14 @@
 """
 import copy
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .baselines import _dkd, gdkd3_loss, gdkd_loss, kd_loss, standardize, wttm_loss
-from .contrastive import NEGATIVES, contrastive_loss
+from .contrastive import NEGATIVES, contrastive_loss, group_sizes
 from .faults import INPUTS, FaultSummary, LossFaults
 from .knobs import (Boolean, Choice, LossOptionError, Path, count, non_negative, option_namer, positive,
                     validate)
@@ -173,7 +173,8 @@ class DistillationLoss(nn.Module):
     the trainer sums the values and logs each. ``progress`` (a float, or a 0-d tensor so that a
     compiled step does not specialise on it) is in the unit of ``warmup`` (epochs in classification,
     iterations in detection); distillation terms are scaled by ``min(progress / warmup, 1)``.
-    ``groups`` gives each row's image for ``topkd.scope='image'``. Terms whose weight is 0 are left
+    ``groups`` gives each row's image for ``topkd.scope='image'``: per-row ids, or the row counts of
+    consecutive images as ints (cheaper: per-image blocks). Terms whose weight is 0 are left
     out (detection sets ``ce_weight=0``: its box predictor already has the CE); ``term_names`` lists
     the others.
 
@@ -206,7 +207,8 @@ class DistillationLoss(nn.Module):
             raise LossOptionError(f"{name(('topkd', 'foreground_only'))} needs a background class, which only "
                                   "detection has; set it to False", ("topkd", "foreground_only"))
         self.term_names = self._term_names()
-        self.faults = LossFaults([INPUTS] + self.term_names)
+        self.skips = options["nonfinite"] == "skip"
+        self.faults = LossFaults(self.term_names + ([INPUTS] if self.skips else []))
 
     def _term_names(self) -> List[str]:
         """The keys ``forward`` returns, in order (fixed by the options, never by the data)."""
@@ -269,6 +271,9 @@ class DistillationLoss(nn.Module):
         rows = (y != self.background_index) if top["foreground_only"] else None
         n = s.shape[0]
         if top["max_rows"] and n > top["max_rows"]:
+            if groups is not None and not isinstance(groups, torch.Tensor):  # sizes: as per-row ids
+                groups = torch.cat([torch.full((size,), g, device=s.device)
+                                    for g, size in enumerate(group_sizes(groups, n))])
             if rows is None:
                 pick = torch.randperm(n, device=s.device)[: top["max_rows"]]
             else:
@@ -317,7 +322,7 @@ class DistillationLoss(nn.Module):
 
     # -- forward -------------------------------------------------------------------------------
     def forward(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, progress=1.0,
-                groups: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                groups: Optional[Union[torch.Tensor, Sequence[int]]] = None) -> Dict[str, torch.Tensor]:
         t = t.detach()
         self._check_shapes(s, t, y)
         if self.faults.record.device != s.device:  # a loss built on the CPU and called on a GPU
@@ -327,15 +332,17 @@ class DistillationLoss(nn.Module):
         # check_faults() raises.
         y_safe = y.clamp(0, num_classes - 1)
         s, t = s.float(), t.float()
-        inputs_finite = torch.isfinite(s).all() & torch.isfinite(t).all()
-        skip = self.options["nonfinite"] == "skip"
-        if skip:
-            # Zeros in place of non-finite logits: every term and the student's gradient stay finite.
+        if self.skips:
+            # Zeros in place of non-finite logits keep every term and the student's gradient finite. (A sum
+            # is non-finite when an entry is, and is one cheap pass.)
+            inputs_finite = torch.isfinite(s.detach().sum() + t.sum())
             s, t = torch.where(inputs_finite, s, 0.0), torch.where(inputs_finite, t, 0.0)
         terms = self._terms(s, t, y_safe, progress, groups)
-        finite = torch.stack([inputs_finite] + [torch.isfinite(v) for v in terms.values()])
+        finite = torch.isfinite(torch.stack(list(terms.values()))) if terms else s.new_ones(0, dtype=torch.bool)
+        if self.skips:
+            finite = torch.cat([finite, inputs_finite.view(1)])
         self.faults.update(finite, y, num_classes, progress)
-        if skip:
+        if self.skips:
             keep = finite.all()
             terms = {name: torch.where(keep, value, 0.0) for name, value in terms.items()}
         return terms
@@ -352,10 +359,9 @@ class DistillationLoss(nn.Module):
         """
         summary = self.faults.summary(packed)
         self.faults.reset()
-        if summary.label_batches:
-            c = self.num_classes if self.num_classes is not None else "C"
-            raise ValueError(f"labels must lie in [0, {c}), got min {summary.label_min} and max {summary.label_max} "
-                             f"({summary.label_batches} batch(es))")
+        if summary.label_min < 0 or summary.label_max >= summary.num_classes:
+            raise ValueError(f"labels must lie in [0, {summary.num_classes}), got min {summary.label_min} and max "
+                             f"{summary.label_max} in the batches since the last check")
         if not summary.bad_batches:
             return summary
         where = step_name(summary.first_progress)

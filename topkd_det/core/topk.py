@@ -14,14 +14,14 @@ def _tie_broken_key(x: torch.Tensor, largest: bool) -> torch.Tensor:
     """An int64 per float32 entry, ordered as the entries are, with equal entries ordered by index so
     that the lower index comes first whichever end is selected.
 
-    The float's bits, read as a signed int with the lower 31 bits flipped for negative numbers, order
-    as the floats do; they fill the upper 32 bits, the (reversed, for ``largest``) index the lower.
-    -0.0 is made +0.0 first: the two compare equal, so they are a tie.
+    The upper 32 bits hold the float's magnitude bits (which order as the magnitudes do) times its sign,
+    so -0.0 and +0.0 get the same value, as they compare equal; the lower 32 bits the index (reversed
+    for ``largest``).
     """
-    bits = torch.where(x == 0, 0.0, x).view(torch.int32)
-    ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).to(torch.int64)
+    magnitude = (x.view(torch.int32) & 0x7FFFFFFF).to(torch.int64)
+    ordered = magnitude.mul_(torch.sign(x).to(torch.int64))
     index = torch.arange(x.shape[-1], device=x.device)
-    return ordered * (1 << 32) + ((1 << 32) - 1 - index if largest else index)
+    return torch.add((1 << 32) - 1 - index if largest else index, ordered, alpha=1 << 32)
 
 
 def _k_extreme(x: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
