@@ -274,13 +274,12 @@ class DistillationLoss(nn.Module):
             if groups is not None and not isinstance(groups, torch.Tensor):  # sizes: as per-row ids
                 groups = torch.cat([torch.full((size,), g, device=s.device)
                                     for g, size in enumerate(group_sizes(groups, n))])
-            if rows is None:
-                pick = torch.randperm(n, device=s.device)[: top["max_rows"]]
-            else:
-                # A uniform random subset of the foreground rows (all of them when there are fewer),
-                # without reading how many there are: background keys sort after every foreground one.
-                key = torch.rand(n, device=s.device) + (~rows).to(s.dtype)
-                pick = key.topk(top["max_rows"], largest=False).indices
+            # A uniform random subset of the rows, or of the foreground rows (all of them when there are
+            # fewer), without reading how many there are: background keys sort after every foreground one.
+            key = torch.rand(n, device=s.device)
+            if rows is not None:
+                key = key + (~rows).to(key.dtype)
+            pick = key.topk(top["max_rows"], largest=False).indices
             s, t, y = s[pick], t[pick], y[pick]
             groups = groups[pick] if groups is not None else None
             rows = rows[pick] if rows is not None else None
