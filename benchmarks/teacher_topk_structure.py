@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.data import build_splits, collate_batch  # noqa: E402
 from topkd_det.classification.distiller import build_teacher  # noqa: E402
-from topkd_det.classification.engine import topk_correct  # noqa: E402
+from topkd_det.classification.metrics import topk_correct  # noqa: E402
 from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.data.synthetic_coco import SyntheticConfig  # noqa: E402
 from topkd_det.detection import embedded  # noqa: E402

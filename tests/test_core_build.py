@@ -186,27 +186,93 @@ def test_invalid_k_fails_at_build_with_k_and_c():
 
 def test_shape_and_label_errors(logits):
     s, t, y = logits
-    loss = build_loss("kd")
+    loss = build_loss("kd", num_classes=C)
     with pytest.raises(ValueError, match=r"\(12, 20\) and teacher logits \(12, 19\)"):
         loss(s, t[:, :19], y)
-    bad = y.clone()
-    bad[0] = C
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 20\)"):
-        loss(s, t, bad)
     with pytest.raises(ValueError, match="labels must have shape"):
         loss(s, t, y[:3])
+    bad = y.clone()
+    bad[0] = C
+    ref = _f(loss(s, t, bad.clamp(max=C - 1)))
+    loss.check_faults()
+    out = _f(loss(s, t, bad))  # recorded on the device, not read: the terms are those of clamped labels
+    assert out == ref
+    loss(s, t, y)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 20\), got min \d+ and max 20 in the batches since"):
+        loss.check_faults()
+    assert loss.check_faults().label_max < C  # each check reads and clears the record
 
 
-def test_nonfinite_logits_error_or_skip(logits, caplog):
+def _step_name(progress):
+    return f"step {progress:g}"
+
+
+def test_nonfinite_logits_error_names_the_first_step_and_term(logits):
     s, t, y = logits
-    t = t.clone()
-    t[2, 3] = math.nan
-    with pytest.raises(FloatingPointError, match="nonfinite='skip'"):
-        build_loss("topkd", topkd={"k": 3})(s, t, y)
-    out = build_loss("topkd", topkd={"k": 3}, nonfinite="skip")(s, t, y)
-    assert set(out) == {"loss_skipped"} and float(out["loss_skipped"]) == 0.0
-    out["loss_skipped"].backward()  # still a graph through the student (DDP needs every rank to backward)
-    assert "skipping a batch whose loss terms" in caplog.text
+    loss = build_loss("topkd", topkd={"k": 3})
+    loss(s, t, y, progress=1.0)
+    nan_t = t.clone()
+    nan_t[2, 3] = math.nan
+    out = loss(s, nan_t, y, progress=2.0)  # no error here: nothing is read on the host
+    assert not math.isfinite(float(out["loss_con"]))
+    loss(s, nan_t, y, progress=3.0)
+    with pytest.raises(FloatingPointError, match=r"in 2 batch\(es\) since the last check, the first at step 2 "
+                       r"\(non-finite: loss_con in 2, loss_tdl in 2\); set nonfinite='skip'"):
+        loss.check_faults(_step_name)
+    loss(s, t, y, progress=4.0)
+    assert loss.check_faults(_step_name).bad_batches == 0
+
+
+def test_nonfinite_logits_skip_gives_zero_terms_and_gradient(logits, caplog):
+    s, t, y = logits
+    loss = build_loss("topkd", topkd={"k": 3}, nonfinite="skip")
+    ref = _f(loss(s, t, y, progress=1.0))
+    bad_s = s.detach().clone()
+    bad_s[0, 0] = math.inf
+    bad_s.requires_grad_(True)
+    out = loss(bad_s, t, y, progress=2.0)
+    assert set(out) == set(ref) and all(float(v) == 0.0 for v in out.values())
+    sum(out.values()).backward()  # a graph through the student (DDP needs every rank to backward)
+    assert torch.equal(bad_s.grad, torch.zeros_like(bad_s))
+    summary = loss.check_faults(_step_name)
+    assert summary.bad_batches == 1 and summary.first_progress == 2.0
+    assert "skipped 1 batch(es) with non-finite logits or loss terms, the first at step 2 (non-finite: logits in 1)" \
+        in caplog.text
+    assert _f(loss(s, t, y)) == ref  # finite batches are untouched
+
+
+def test_term_names_are_the_forward_keys(logits):
+    s, t, y = logits
+    cases = [("none", {}), ("kd", {}), ("dkd", {"ce_weight": 0.0}), ("topkd", {"mode": "kl"}),
+             ("topkd", {"mode": "contrastive"}), ("topkd", {}), ("gdkd", {"plugin": {"tdl": True}}),
+             ("wttm", {"plugin": {"tsm": True}})]
+    for method, kwargs in cases:
+        loss = build_loss(method, topkd={"k": 3}, **kwargs)
+        assert list(loss(s, t, y)) == loss.term_names, (method, kwargs)
+
+
+@pytest.mark.parametrize("sizes", [(4, 4, 4), (5, 0, 3, 4), (1, 11)])
+@pytest.mark.parametrize("options", [{}, {"negatives": "other_label"}, {"foreground_only": True},
+                                     {"normalize": False}, {"max_rows": 7}])
+def test_image_groups_as_sizes_equal_groups_as_ids(logits, sizes, options):
+    """Detection passes each image's ROI count (per-image blocks, no sync); ids give a mask over N x N."""
+    s, t, y = logits
+    y = y.clone()
+    y[::3] = C - 1  # background rows for foreground_only
+    loss = build_loss("topkd", num_classes=C, background_index=C - 1, topkd=dict(k=3, scope="image", **options))
+    ids = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    results = []
+    for groups in (ids, list(sizes)):
+        torch.manual_seed(0)  # max_rows draws the same rows
+        student = s.detach().clone().requires_grad_(True)
+        terms = loss(student, t, y, groups=groups)
+        sum(terms.values()).backward()
+        results.append((_f(terms), student.grad))
+    (by_ids, grad_ids), (by_sizes, grad_sizes) = results
+    assert by_sizes == pytest.approx(by_ids, rel=1e-5, abs=1e-6)
+    torch.testing.assert_close(grad_sizes, grad_ids, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="must be >= 0 and add up to the 12 rows"):
+        loss(s, t, y, groups=[5, 5])
 
 
 def test_scope_image_needs_groups(logits):

@@ -1,24 +1,42 @@
-"""The CUDA paths: losses and their gradients on the GPU against the CPU, autocast around the losses, the
-classification step under bf16 and fp16 AMP, and DistillRCNN with a bf16 teacher and Detectron2's
-AMPTrainer. Skipped without a GPU (CI); benchmarks/gpu_suite.sh runs them on one."""
+"""The CUDA paths: losses and their gradients on the GPU against the CPU, no host sync in any loss, autocast
+around the losses, the classification step under bf16 and fp16 AMP, the fast path's CUDA graph against
+the DataLoader path, and DistillRCNN with a bf16 teacher and Detectron2's AMPTrainer. Skipped without a
+GPU (CI); benchmarks/gpu_suite.sh runs them on one."""
+import contextlib
+
 import pytest
 import torch
 from detectron2.engine import AMPTrainer
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
+from topkd_det.classification.checkpoint import load_file
 from topkd_det.classification.distiller import Distiller
-from topkd_det.classification.engine import TrainStep
+from topkd_det.classification.engine import Trainer, TrainStep
 from topkd_det.classification.models import build_model as build_cls_model
 from topkd_det.core import build_loss
 
+from cls_fixtures import fashion_dir, tiny_cfg
 from detection_fixtures import batch, distill_cfg, write_teacher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
 METHODS = {"kd": {}, "dkd": {}, "ttm": {}, "wttm": {}, "gdkd": {"gdkd": {"k": 3}}, "gdkd3": {"gdkd3": {"k": 3}},
            "topkd": {"topkd": {"k": 3}}, "topkd-image": {"topkd": {"k": 3, "scope": "image"}},
-           "dkd-plugins": {"plugin": {"tsm": True, "tdl": True}, "topkd": {"k": 3}}}
+           "dkd-plugins": {"plugin": {"tsm": True, "tdl": True}, "topkd": {"k": 3}},
+           "topkd-rows": {"topkd": {"k": 3, "max_rows": 16, "normalize": False, "negatives": "other_label"}},
+           "wttm-skip": {"plugin": {"tsm": True, "tdl": True}, "topkd": {"k": 3}, "nonfinite": "skip",
+                         "logit_standardize": True}}
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """torch raises on any operation that waits for the GPU (``.item()``, ``nonzero``, a copy to the host)."""
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 def _loss(name):
@@ -43,6 +61,19 @@ def test_losses_and_gradients_on_cuda_match_the_cpu(name):
     (ref, ref_grad), (out, grad) = results
     assert out == pytest.approx(ref, rel=1e-4, abs=1e-5)
     assert torch.allclose(grad, ref_grad, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_losses_forward_and_backward_never_wait_for_the_gpu(name):
+    s, t, y = (v.to(CUDA) for v in _logits())
+    groups = (torch.arange(len(y)) * 4 // len(y)).to(CUDA)
+    loss = _loss(name).to(CUDA)
+    student = s.clone().requires_grad_(True)
+    progress = torch.tensor(0.5, device=CUDA)
+    with no_host_sync():
+        for _ in range(2):
+            sum(loss(student, t, y, progress=progress, groups=groups).values()).backward()
+    assert loss.check_faults().bad_batches == 0  # the one read, at the logging point
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -76,6 +107,94 @@ def test_classification_step_under_cuda_amp(amp_dtype):
     assert step.scaler.is_enabled() == (amp_dtype == "fp16")
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+# --- the fast classification path (FAST_PATH): compiled step in a CUDA graph -------------------------
+@pytest.fixture(scope="module")
+def fast_run(tmp_path_factory):
+    """Fashion-MNIST-format data (74 train images a epoch: batches of 16 and a last one of 10) and a teacher."""
+    tmp = tmp_path_factory.mktemp("fast_cuda")
+    data = fashion_dir(tmp, n_train=90)
+    torch.manual_seed(1)
+    teacher = tmp / "teacher.pth"
+    torch.save(build_cls_model("fmnist_teacher", 10).state_dict(), teacher)
+    return tmp, data, teacher
+
+
+@pytest.fixture
+def no_tf32():
+    """cuDNN's convolutions in full float32, so that two paths' kernels differ by rounding only."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
+
+
+def _fast_cfg(fast_run, name, *opts):
+    tmp, data, teacher = fast_run
+    cfg, _ = tiny_cfg(tmp, data, "DISTILL.METHOD", "topkd", "MODEL.TEACHER", "fmnist_teacher", "MODEL.TEACHER_WEIGHTS",
+                      str(teacher), "DISTILL.TOPKD.K", 3, "DISTILL.WARMUP", 1.0, "LOG.PERIOD", 1, *opts, name=name)
+    return cfg
+
+
+def test_fast_path_on_cuda_matches_the_loader_path(fast_run, no_tf32):
+    """The inductor-compiled step replayed from its CUDA graph, two epochs with an LR decay between them
+    and a last smaller batch each: the same losses and weights as the DataLoader path (tolerances of GPU
+    kernels and compilation, as the loss tests above)."""
+    runs = {}
+    for mode in ("never", "always"):
+        cfg = _fast_cfg(fast_run, f"cuda_{mode}", "FAST_PATH", mode)
+        trainer = Trainer(cfg)
+        assert trainer.env.device.type == "cuda" and (trainer.fast is not None) == (mode == "always")
+        runs[mode] = trainer.train(), trainer.student.state_dict(), trainer
+    (ref, ref_weights, _), (out, weights, trainer) = runs["never"], runs["always"]
+    assert trainer.fast.graph is not None  # the full batches were replayed from the captured graph
+    for name, value in ref_weights.items():
+        torch.testing.assert_close(weights[name].float(), value.float(), rtol=1e-3, atol=1e-4, msg=name)
+    for key in ("val/loss", "test/loss"):
+        assert out["last"][key] == pytest.approx(ref["last"][key], rel=1e-3), key
+
+
+def test_fast_path_steps_never_wait_for_the_gpu(fast_run):
+    """Epoch 1 compiles and captures (which synchronises); epoch 2's steps, replays and the last uncaptured
+    batch, never wait for the GPU."""
+    cfg = _fast_cfg(fast_run, "cuda_nosync", "FAST_PATH", "always")
+    trainer = Trainer(cfg)
+    trainer.distiller.train()
+    for epoch in range(2):
+        trainer.sampler.set_epoch(epoch)
+        trainer.fast.start_epoch(*trainer._epoch_plan())  # one copy of the epoch's plan to the GPU
+        iters = trainer.fast.iterations()
+        with no_host_sync() if epoch else contextlib.nullcontext():
+            for it in range(iters):
+                trainer.fast.run(it, epoch + it / iters)
+        assert trainer.fast.take().reduce(trainer.env)["loss"] > 0
+
+
+def test_fast_path_on_cuda_resumes_where_it_stopped(fast_run, monkeypatch, no_tf32):
+    """Killed after epoch 1 and resumed: the graph is captured again on the restored weights and momentum
+    (whose layout must follow the channels_last parameters), and ends where the uninterrupted run does."""
+    opts = ["FAST_PATH", "always", "SOLVER.EPOCHS", 3, "SOLVER.LR_DECAY_STAGES", "[2]"]
+    whole = _fast_cfg(fast_run, "cuda_whole", *opts)
+    Trainer(whole).train()
+    cfg = _fast_cfg(fast_run, "cuda_killed", *opts)
+    save = Trainer.save_checkpoint
+
+    class Killed(Exception):
+        pass
+
+    def save_then_die(self, epochs_done):
+        save(self, epochs_done)
+        raise Killed
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        Trainer(cfg).train()
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    Trainer(cfg).train(resume=True)
+    ref, out = load_file(f"{whole.OUTPUT_DIR}/last.pth")["model"], load_file(f"{cfg.OUTPUT_DIR}/last.pth")["model"]
+    for name, value in ref.items():
+        torch.testing.assert_close(out[name].float(), value.float(), rtol=1e-3, atol=1e-4, msg=name)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from fvcore.common.config import CfgNode as CN
 from ..config_io import ConfigError, merge_config, output_dir_for
 from ..core import LossOptionError, build_loss
 from ..distill_config import distill_cfg_node
+from .fast import FAST_PATH_MODES, fast_path_problem
 from .models import FIXED_INPUT_SIZE, MODEL_REGISTRY, list_models
 from .optim import OPTIMIZERS, SCHEDULERS
 
@@ -87,6 +88,12 @@ def get_cls_cfg() -> CN:
     cfg.AMP = CN()
     cfg.AMP.ENABLED = False
     cfg.AMP.DTYPE = "bf16"
+
+    # The training path (docs/fast_cifar.md): "never" a DataLoader feeding an eager step; "always" the data
+    # on the device, augmented there, and a compiled step captured in a CUDA graph (eager on a CPU);
+    # "auto" that on a CUDA device with one process where the config allows it (in-memory data with
+    # crop_flip, SGD, no fp16), else the DataLoader. Both train on the same batches from the same seed.
+    cfg.FAST_PATH = "never"
 
     cfg.SEED = 0
     # Empty: output/<config path below configs/> (see config_io.output_dir_for), one folder per config.
@@ -182,6 +189,11 @@ def validate_cls_cfg(cfg: CN, check_files: bool = True) -> None:
     _validate_inputs(cfg)
     if cfg.AMP.DTYPE not in AMP_DTYPES:
         raise ConfigError(f"AMP.DTYPE={cfg.AMP.DTYPE!r} is unknown; valid: {', '.join(AMP_DTYPES)}")
+    if cfg.FAST_PATH not in FAST_PATH_MODES:
+        raise ConfigError(f"FAST_PATH={cfg.FAST_PATH!r} is unknown; valid: {', '.join(FAST_PATH_MODES)}")
+    problem = fast_path_problem(cfg)
+    if cfg.FAST_PATH == "always" and problem:
+        raise ConfigError(f"FAST_PATH always: {problem}; set FAST_PATH auto or never")
 
 
 def _validate_solver(solver: CN) -> None:

@@ -41,16 +41,30 @@ class Splits(NamedTuple):
 
 
 # --- in-memory images with batched augmentation ----------------------------------------------------
+class CropFlip(NamedTuple):
+    """One batch's augmentation: each image's crop offsets (rows, columns; None without cropping) and
+    whether it is flipped (None without flipping)."""
+    dy: Optional[torch.Tensor]
+    dx: Optional[torch.Tensor]
+    flip: Optional[torch.Tensor]
+
+    def to(self, device) -> "CropFlip":
+        return CropFlip(*(None if v is None else v.to(device) for v in self))
+
+
 class TensorImages(Dataset):
     """uint8 images (N, C, H, W) and int64 labels in memory; a batch is cropped, flipped and normalised
-    in one vectorised step. Randomness comes from torch's global RNG (saved in checkpoints)."""
+    in one vectorised step. Randomness comes from torch's global (CPU) RNG, saved in checkpoints.
+
+    The random draws (``draw``) and their application (``augment``) are separate, so the fast path
+    (fast.py) applies on the GPU exactly what this draws on the CPU, in the same order."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                  crop_padding: int = 0, flip: bool = False, size: int = 0):
         self.images, self.labels = images, labels
         self.mean_std = (tuple(mean), tuple(std))
-        self.mean = torch.tensor(mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(std).view(1, -1, 1, 1)
+        self.mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
         self.crop_padding, self.flip = crop_padding, flip
         self.size = size  # resize each batch (bilinear) to size x size after augmenting; 0: keep
 
@@ -66,33 +80,63 @@ class TensorImages(Dataset):
         return TensorImages(images, labels, *self.mean_std, crop_padding if augment else 0, augment,
                             self.size if size is None else size)
 
-    def _random_crop(self, x: torch.Tensor) -> torch.Tensor:
-        # RandomCrop(size, padding=p) on every image at once: zero-pad, then gather a shifted window.
-        p, (n, _, h, w) = self.crop_padding, x.shape
-        padded = torch.nn.functional.pad(x, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (n, 1, 1))
-        dx = torch.randint(0, 2 * p + 1, (n, 1, 1))
-        rows = dy + torch.arange(h).view(1, h, 1)
-        cols = dx + torch.arange(w).view(1, 1, w)
-        batch = torch.arange(n).view(n, 1, 1)
-        return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    def to(self, device) -> "TensorImages":
+        """The same view with its images and labels on ``device``."""
+        return TensorImages(self.images.to(device), self.labels.to(device), *self.mean_std, self.crop_padding,
+                            self.flip, self.size)
 
-    def __getitems__(self, indices: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
-        x = self.images[index]
-        if self.crop_padding:
-            x = self._random_crop(x)
-        if self.flip:
-            flip = torch.rand(len(index)) < 0.5
-            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+    def draw(self, n: int) -> CropFlip:
+        """The augmentation of n images: RandomCrop(size, padding=p)'s offsets, then flips with p 0.5."""
+        p = self.crop_padding
+        dy = torch.randint(0, 2 * p + 1, (n,)) if p else None
+        dx = torch.randint(0, 2 * p + 1, (n,)) if p else None
+        flip = torch.rand(n) < 0.5 if self.flip else None
+        return CropFlip(dy, dx, flip)
+
+    def augment(self, x: torch.Tensor, params: CropFlip) -> torch.Tensor:
+        """uint8 images (on any device, with ``params`` there) as float: cropped, flipped, normalised, resized."""
+        if params.dy is not None:
+            x = _crop(x, self.crop_padding, params.dy, params.dx)
+        if params.flip is not None:
+            x = torch.where(params.flip.view(-1, 1, 1, 1), x.flip(3), x)
         x = (x.float().div_(255) - self.mean) / self.std
         if self.size and x.shape[-1] != self.size:
             x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return x, self.labels[index]
+        return x
+
+    def __getitems__(self, indices: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.images.device)
+        return self.augment(self.images[index], self.draw(len(index)).to(self.images.device)), self.labels[index]
 
     def __getitem__(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         x, y = self.__getitems__([i])
         return x[0], y[0]
+
+
+def _crop(x: torch.Tensor, p: int, dy: torch.Tensor, dx: torch.Tensor) -> torch.Tensor:
+    """Each image's window at (dy, dx) of its zero-padded copy: RandomCrop(size, padding=p) for a batch."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (p, p, p, p))
+    rows = dy.view(n, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = dx.view(n, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+
+
+class AugmentationPlan(Dataset):
+    """A batch of ``images`` reduced to what draws randomness: the indices and their ``CropFlip``.
+
+    Through the trainer's DataLoader and sampler it consumes the global RNG exactly as ``images`` itself
+    would, so the fast path trains on the same batches as the DataLoader path from the same seed."""
+
+    def __init__(self, images: TensorImages):
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, indices: List[int]) -> Tuple[torch.Tensor, CropFlip]:
+        return torch.as_tensor(indices), self.images.draw(len(indices))
 
 
 def collate_batch(batch):

@@ -1,6 +1,7 @@
 """The classification trainer: SGD with a multi-step LR or AdamW with a warmup-cosine LR (optim.py), the
 loss warmup, AMP, DDP, atomic checkpoints with exact resume, and logging to metrics.jsonl, TensorBoard and
-a progress bar.
+a progress bar. Each step runs either through a DataLoader (``TrainStep``) or, with ``FAST_PATH``, on
+data held on the device in a compiled, CUDA-graph-captured step (fast.py); the rest is the same.
 
 Exact resume: each epoch's data order comes from (SEED, epoch) through ``DistributedSampler``, and the
 checkpoint written after every epoch holds every RNG the next epoch draws from (augmentation, dropout,
@@ -31,8 +32,10 @@ from ..resume_rules import ResumeRules, check_resume, flatten
 from ..rng import rng_state, seed_everything, set_rng_state
 from .checkpoint import WeightsError, check_fits, load_file
 from .config import get_cls_cfg, is_distillation
-from .data import TensorImages, build_splits, collate_batch, describe
+from .data import AugmentationPlan, CropFlip, TensorImages, build_splits, collate_batch, describe
 from .distiller import Distiller, build_distill_loss, build_student, build_teacher
+from .fast import DeviceBatches, FastStep, use_fast_path
+from .metrics import Meters, topk_correct
 from .optim import build_optimizer, build_scheduler
 
 logger = logging.getLogger(__name__)
@@ -76,45 +79,6 @@ def _barrier(env: Env) -> None:
         dist.barrier()
 
 
-# --- metrics ---------------------------------------------------------------------------------------
-class Meters:
-    """Sums and counts of named per-sample means; ``reduce`` averages them over every rank."""
-
-    def __init__(self):
-        self.sums: Dict[str, torch.Tensor] = {}
-        self.counts: Dict[str, float] = {}
-
-    def add(self, n: int, **values: torch.Tensor) -> None:
-        for name, value in values.items():
-            value = value.detach().float() * n
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-            self.counts[name] = self.counts.get(name, 0) + n
-
-    def reduce(self, env: Env) -> Dict[str, float]:
-        names = sorted(self.sums)
-        if env.world > 1:
-            # A rank that skipped a non-finite batch has a 'loss_skipped' the others lack: agree on names.
-            gathered: List[Optional[List[str]]] = [None] * env.world
-            dist.all_gather_object(gathered, names)
-            names = sorted(set().union(*gathered))
-        if not names:
-            return {}
-        zero = torch.zeros((), device=env.device)
-        packed = torch.stack([torch.stack([self.sums.get(k, zero).to(env.device).float(),
-                                           torch.tensor(float(self.counts.get(k, 0)), device=env.device)])
-                              for k in names])
-        if env.world > 1:
-            dist.all_reduce(packed)
-        return {k: s / c for k, (s, c) in zip(names, packed.tolist()) if c > 0}
-
-
-def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> Dict[str, torch.Tensor]:
-    """Fraction (in %) of rows whose label is among the top-k logits, for each k (capped at C)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
-    hits = top == y.unsqueeze(1)
-    return {f"top{k}": hits[:, :k].any(dim=1).float().mean() * 100 for k in ks}
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, env: Env, autocast) -> Dict[str, float]:
     """Top-1/top-5 (%) and mean CE over the loader's data, summed over the ranks' disjoint shards."""
@@ -135,10 +99,11 @@ def evaluate(model: nn.Module, loader: DataLoader, env: Env, autocast) -> Dict[s
 def _loader(dataset: Dataset, batch_size: int, workers: int, sampler=None) -> DataLoader:
     # Workers are not persistent: each epoch's workers are seeded from the global RNG, which the
     # checkpoint restores, so augmentation after a resume is the same as without the kill.
-    in_memory = isinstance(dataset, TensorImages)
+    batched = isinstance(dataset, (TensorImages, AugmentationPlan))
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=workers,
-        collate_fn=collate_batch if in_memory else None, pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_batch if batched else None,
+        pin_memory=torch.cuda.is_available() and not isinstance(dataset, AugmentationPlan),
     )
 
 
@@ -176,6 +141,24 @@ class TrainStep:
         return logits, losses, loss
 
 
+class LoaderSteps:
+    """An epoch of ``TrainStep`` on the batches of a DataLoader, with the metrics since the last ``take``."""
+
+    def __init__(self, step: TrainStep, loader: DataLoader, device: torch.device):
+        self.step, self.batches, self.device = step, iter(loader), device
+        self.meters = Meters()
+
+    def run(self, it: int, progress: float) -> None:
+        x, y = next(self.batches)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        logits, losses, loss = self.step(x, y, progress=progress)
+        self.meters.add(len(y), **losses, loss=loss, **topk_correct(logits.detach().float(), y))
+
+    def take(self) -> Meters:
+        meters, self.meters = self.meters, Meters()
+        return meters
+
+
 class Trainer:
     """One training run of ``cfg`` (frozen CfgNode from ``load_cls_cfg``) in ``cfg.OUTPUT_DIR``."""
 
@@ -202,7 +185,7 @@ class Trainer:
         if self.env.world > 1:
             device_ids = [self.env.device.index] if self.env.device.type == "cuda" else None
             wrapped = DistributedDataParallel(self.student, device_ids=device_ids)
-        self.distiller = Distiller(wrapped, self.teacher, build_distill_loss(cfg))
+        self.distiller = Distiller(wrapped, self.teacher, build_distill_loss(cfg).to(self.env.device))
 
         s = cfg.SOLVER
         self.optimizer = build_optimizer(cfg, self.student)
@@ -213,9 +196,20 @@ class Trainer:
         self.sampler = DistributedSampler(self.splits.train, num_replicas=self.env.world, rank=self.env.rank,
                                           shuffle=True, seed=cfg.SEED)
         workers = cfg.DATASET.NUM_WORKERS
-        self.train_loader = _loader(self.splits.train, s.BATCH_SIZE // self.env.world, workers, self.sampler)
-        self.eval_loaders = {name: _loader(_shard(ds, self.env), cfg.TEST.BATCH_SIZE, workers)
-                             for name, ds in (("val", self.splits.val), ("test", self.splits.test)) if ds is not None}
+        evals = {name: ds for name, ds in (("val", self.splits.val), ("test", self.splits.test)) if ds is not None}
+        self.fast: Optional[FastStep] = None
+        if use_fast_path(cfg, self.env.device, self.env.world):
+            cuda = self.env.device.type == "cuda"
+            self.fast = FastStep(self.step, self.splits.train.to(self.env.device), s.BATCH_SIZE,
+                                 self.distiller.loss.term_names, compile="inductor" if cuda else None, cuda_graph=cuda)
+            # The same sampler and DataLoader draw each epoch's order and augmentation, nothing else.
+            self.train_loader = _loader(AugmentationPlan(self.splits.train), s.BATCH_SIZE, workers, self.sampler)
+            self.eval_loaders = {name: DeviceBatches(ds.to(self.env.device), cfg.TEST.BATCH_SIZE)
+                                 for name, ds in evals.items()}
+        else:
+            self.train_loader = _loader(self.splits.train, s.BATCH_SIZE // self.env.world, workers, self.sampler)
+            self.eval_loaders = {name: _loader(_shard(ds, self.env), cfg.TEST.BATCH_SIZE, workers)
+                                 for name, ds in evals.items()}
         self.start_epoch = 0
         self.records: Dict[str, Any] = {"last": None, "best": None, "teacher": None}
         # What the checkpoint stores to recognise its run: the config, and the teacher file's content
@@ -229,8 +223,9 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(os.path.join(self.out, "tb"))
-        logger.info("data %s, student %s, teacher %s, method %s, %d process(es) on %s", describe(self.splits),
-                    cfg.MODEL.STUDENT, cfg.MODEL.TEACHER or "-", cfg.DISTILL.METHOD, self.env.world, self.env.device)
+        logger.info("data %s, student %s, teacher %s, method %s, %d process(es) on %s, %s path", describe(self.splits),
+                    cfg.MODEL.STUDENT, cfg.MODEL.TEACHER or "-", cfg.DISTILL.METHOD, self.env.world, self.env.device,
+                    "fast" if self.fast else "DataLoader")
 
     # -- logging ----------------------------------------------------------------------------------
     def _log(self, record: Dict[str, Any], step: int) -> None:
@@ -330,21 +325,25 @@ class Trainer:
         self.distiller.train()
         self.sampler.set_epoch(epoch)
         iters = len(self.train_loader)
-        epoch_meters, period_meters = Meters(), Meters()
+        if self.fast:
+            self.fast.start_epoch(*self._epoch_plan())
+            steps = self.fast
+        else:
+            steps = LoaderSteps(self.step, self.train_loader, env.device)
+        epoch_meters = Meters()
         # disable=None: no bar when stderr is not a terminal (logs, CI); metrics.jsonl has the numbers.
         bar = tqdm(total=iters, disable=None if env.main else True, desc=f"epoch {epoch + 1}/{cfg.SOLVER.EPOCHS}",
                    dynamic_ncols=True, leave=False)
-        for it, (x, y) in enumerate(self.train_loader):
-            x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-            logits, losses, loss = self.step(x, y, progress=epoch + it / iters)
-            values = {**losses, "loss": loss, **topk_correct(logits.detach().float(), y)}
-            epoch_meters.add(len(y), **values)
-            period_meters.add(len(y), **values)
+        for it in range(iters):
+            steps.run(it, epoch + it / iters)
             bar.update()
             step = epoch * iters + it + 1
+            # The only host reads of the epoch: the metrics and the loss's fault record, once a period.
             if step % cfg.LOG.PERIOD == 0 or it + 1 == iters:
-                means = period_meters.reduce(env)
-                period_meters = Meters()
+                period = steps.take()
+                epoch_meters.merge(period)
+                means = period.reduce(env)
+                self._check_faults(iters)
                 lr = self.optimizer.param_groups[0]["lr"]
                 self._log({"type": "train_iter", "epoch": epoch + 1, "iter": it + 1, "step": step, "lr": lr,
                            **{f"train/{k}": v for k, v in means.items()}}, step)
@@ -352,6 +351,26 @@ class Trainer:
         bar.close()
         self._sync_buffers()
         return epoch_meters.reduce(env)
+
+    def _epoch_plan(self) -> Tuple[torch.Tensor, CropFlip]:
+        """The epoch's sample order and augmentation, drawn as the DataLoader path draws them."""
+        indices, params = zip(*self.train_loader)
+        return torch.cat(indices), CropFlip(*(None if v[0] is None else torch.cat(v) for v in zip(*params)))
+
+    def _check_faults(self, iters: int) -> None:
+        """Act on the loss's record of non-finite terms and bad labels since the last check (every rank's)."""
+        loss = self.distiller.loss
+        packed = loss.faults.pack()
+        if self.env.world > 1:
+            rows = [torch.empty_like(packed) for _ in range(self.env.world)]
+            dist.all_gather(rows, packed)
+            packed = torch.stack(rows)
+
+        def step_name(progress: float) -> str:
+            epoch = int(progress)
+            return f"epoch {epoch + 1}, iteration {round((progress - epoch) * iters) + 1}"
+
+        loss.check_faults(step_name, packed)
 
     def _sync_buffers(self) -> None:
         """DDP broadcasts rank 0's BatchNorm statistics at the start of each forward, and every rank then

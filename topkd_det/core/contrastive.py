@@ -3,7 +3,7 @@
 ``A = sim(s, t') / τ`` and ``L = ½ [CE(A, arange(N)) + CE(Aᵀ, arange(N))]``: row n of the student
 must pick out row n of the teacher among the batch and vice versa.
 """
-from typing import Optional
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.distributed as dist
@@ -59,33 +59,32 @@ class _CosineInfoNCE(torch.autograd.Function):
 
 
 def _info_nce(s, t, temperature, normalize, blocked, valid):
-    """Mean over rows (``valid`` ones, for a padded batch of groups) of the symmetric InfoNCE whose
-    targets are the diagonal; ``blocked`` marks off-diagonal pairs left out of both denominators."""
+    """Mean over rows (the ``valid`` ones, when given) of the symmetric InfoNCE whose targets are the
+    diagonal; ``blocked`` marks off-diagonal pairs left out of both denominators."""
     scale = 1.0 / temperature
+    weight = _row_weights(s, valid)
     if normalize and scale <= _MAX_COSINE_SCALE:
-        if valid is None:
-            weight = s.new_full(s.shape[:-1], 1.0 / s.shape[-2])
-        else:
-            weight = valid.to(s.dtype) / valid.sum()
         return _CosineInfoNCE.apply(F.normalize(s, dim=-1), F.normalize(t, dim=-1), scale, blocked, weight)
-    return _symmetric_ce(_similarity(s, t, temperature, normalize), blocked, valid)
+    return _symmetric_ce(_similarity(s, t, temperature, normalize), blocked, weight)
 
 
-def _symmetric_ce(sim: torch.Tensor, blocked: Optional[torch.Tensor], valid: Optional[torch.Tensor]) -> torch.Tensor:
-    """Mean of the row-wise and column-wise CE whose targets are the diagonal of ``sim`` (..., n, n).
+def _row_weights(s: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """1 / (number of valid rows) for each valid row, 0 for the others (0 everywhere when none is)."""
+    if valid is None:
+        return s.new_full(s.shape[:-1], 1.0 / s.shape[-2])
+    valid = valid.to(s.dtype)
+    return valid / valid.sum().clamp(min=1.0)
 
-    ``blocked`` marks off-diagonal pairs left out of the softmax denominators; ``valid`` marks real
-    rows when ``sim`` is a padded batch of groups.
-    """
+
+def _symmetric_ce(sim: torch.Tensor, blocked: Optional[torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over rows of the mean of the row-wise and column-wise CE whose targets are the
+    diagonal of ``sim`` (n, n); ``blocked`` marks off-diagonal pairs left out of the softmax denominators."""
     if blocked is not None:
         sim = sim.masked_fill(blocked, float("-inf"))
     diag = torch.diagonal(sim, dim1=-2, dim2=-1)
     per_row = torch.logsumexp(sim, dim=-1) - diag
     per_col = torch.logsumexp(sim, dim=-2) - diag
-    per_item = 0.5 * (per_row + per_col)
-    if valid is None:
-        return per_item.mean()
-    return per_item[valid].mean()
+    return (0.5 * (per_row + per_col) * weight).sum()
 
 
 def _same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
@@ -94,29 +93,49 @@ def _same_label_pairs(labels: torch.Tensor) -> torch.Tensor:
     return same & ~eye
 
 
-def _grouped(s, t, temperature, normalize, labels, negatives, groups):
-    """Contrast rows only within their own group: a padded batch of per-group n×n blocks."""
-    order = torch.argsort(groups, stable=True)
-    _, counts = torch.unique_consecutive(groups[order], return_counts=True)
-    n_groups, width = counts.numel(), int(counts.max())
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.arange(groups.numel(), device=s.device) - torch.repeat_interleave(starts, counts)
-    group_of = torch.repeat_interleave(torch.arange(n_groups, device=s.device), counts)
+def _blocked_pairs(n: int, device, labels, negatives, groups, rows) -> Optional[torch.Tensor]:
+    """Off-diagonal pairs (of the last two dims) left out of both denominators: pairs of another label
+    (``other_label``), of another group, or with a row that does not take part. Masks rather than a subset
+    of rows, so that no shape depends on the values."""
+    blocked = _same_label_pairs(labels) if negatives == "other_label" else None
+    if groups is not None:
+        other_group = groups.unsqueeze(-1) != groups.unsqueeze(-2)
+        blocked = other_group if blocked is None else blocked | other_group
+    if rows is not None:
+        # A left-out row keeps only its own diagonal entry: its terms stay finite, and its weight is 0.
+        eye = torch.eye(n, dtype=torch.bool, device=device)
+        outside = ~(rows.unsqueeze(-1) & rows.unsqueeze(-2)) & ~eye
+        blocked = outside if blocked is None else blocked | outside
+    return blocked
 
-    def pad(x, fill=0.0):
-        out = x.new_full((n_groups, width) + x.shape[1:], fill)
-        out[group_of, slot] = x[order]
-        return out
 
-    valid = torch.zeros(n_groups, width, dtype=torch.bool, device=s.device)
-    valid[group_of, slot] = True
-    eye = torch.eye(width, dtype=torch.bool, device=s.device)
-    # Padding slots are blocked everywhere except their own diagonal (keeps their rows finite; they
-    # are dropped from the mean by ``valid``).
-    blocked = ~(valid.unsqueeze(-1) & valid.unsqueeze(-2)) & ~eye
-    if negatives == "other_label":
-        blocked = blocked | _same_label_pairs(pad(labels, -1))
-    return _info_nce(pad(s), pad(t), temperature, normalize, blocked, valid)
+def group_sizes(sizes: Sequence[int], n: int) -> List[int]:
+    """The sizes of consecutive groups of ``n`` rows, checked, without empty groups."""
+    sizes = [int(size) for size in sizes]
+    if sum(sizes) != n or min(sizes, default=0) < 0:
+        raise ValueError(f"group sizes {sizes} must be >= 0 and add up to the {n} rows")
+    return [size for size in sizes if size]
+
+
+def _blocks(x: torch.Tensor, sizes: Sequence[int], fill) -> torch.Tensor:
+    """The rows of ``x`` split into consecutive groups of ``sizes`` and padded with ``fill`` to the largest:
+    (groups, width, ...)."""
+    width = max(sizes)
+    if all(n == width for n in sizes):
+        return x.reshape(len(sizes), width, *x.shape[1:])
+    pad = (0, 0) * (x.dim() - 1)
+    return torch.stack([F.pad(part, pad + (0, width - len(part)), value=fill) for part in x.split(list(sizes))])
+
+
+def _in_blocks(s, t, temperature, normalize, labels, negatives, sizes, rows):
+    """Rows contrasted within consecutive groups of known ``sizes``: a padded batch of per-group blocks,
+    Σ n_g² entries rather than the N² of a mask over the whole matrix."""
+    real = _blocks(torch.ones(s.shape[0], dtype=torch.bool, device=s.device), sizes, False)
+    valid = real if rows is None else real & _blocks(rows, sizes, False)
+    pad_labels = _blocks(labels, sizes, -1) if labels is not None else None
+    # Padding slots, like rows left out, keep only their own diagonal entry.
+    blocked = _blocked_pairs(valid.shape[-1], s.device, pad_labels, negatives, None, valid)
+    return _info_nce(_blocks(s, sizes, 0.0), _blocks(t, sizes, 0.0), temperature, normalize, blocked, valid)
 
 
 def _gathered(s, t, temperature, normalize, labels, negatives):
@@ -155,7 +174,8 @@ def _gathered(s, t, temperature, normalize, labels, negatives):
 
 def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, normalize: bool = True,
                      labels: Optional[torch.Tensor] = None, negatives: str = "all",
-                     groups: Optional[torch.Tensor] = None, gather: bool = False) -> torch.Tensor:
+                     groups: Optional[Union[torch.Tensor, Sequence[int]]] = None, gather: bool = False,
+                     rows: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Symmetric InfoNCE between student rows and (scaled) teacher rows.
 
     Args:
@@ -163,11 +183,14 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
         normalize: cosine similarity (True) or the paper's literal dot product ``s tᵀ`` (False).
         labels, negatives: with ``negatives='other_label'`` a pair (i, j ≠ i) with equal labels is
             left out of both softmax denominators.
-        groups: per-row group id (``scope=image`` in detection): rows contrast only within their group.
+        groups: rows contrast only within their group (``scope=image`` in detection): a per-row group id
+            (a mask over the N x N matrix), or the sizes of consecutive groups as ints (per-group blocks).
         gather: under data parallelism (several ranks in the default process group), the loss over
             the rows of every rank: this rank returns its part times the world size, so that the
             mean over ranks, and DDP's averaged gradient, are those of one process over all rows
             (``data_parallel``). Every rank must call it, also with no rows.
+        rows: bool per row, the rows that take part (``foreground_only``): the loss is that of the
+            batch with the other rows removed, computed without a shape that depends on the mask.
     Returns 0 for fewer than two rows.
     """
     if temperature <= 0:
@@ -179,17 +202,23 @@ def contrastive_loss(s: torch.Tensor, t: torch.Tensor, temperature: float, norma
     if gather and groups is not None:
         raise ValueError("gather=True contrasts across ranks and cannot be combined with per-image groups")
     check_pair(s, t)
-    for name, ids in (("labels", labels), ("groups", groups)):
+    sizes = None
+    if groups is not None and not isinstance(groups, torch.Tensor):
+        sizes, groups = group_sizes(groups, s.shape[0]), None
+    for name, ids in (("labels", labels), ("groups", groups), ("rows", rows)):
         if ids is not None and tuple(ids.shape) != (s.shape[0],):
             raise ValueError(f"{name} must have shape ({s.shape[0]},), got {tuple(ids.shape)}")
     s, t = at_least_float32(s), at_least_float32(t.detach())
     # Under AMP, autocast would run the N×N matmul in half precision; the spec computes in float32.
     with torch.autocast(s.device.type, enabled=False):
         if gather and data_parallel():
+            if rows is not None:  # _gathered exchanges row counts on the host anyway
+                keep = rows.nonzero().squeeze(1)
+                s, t, labels = s[keep], t[keep], labels[keep] if labels is not None else None
             return _gathered(s, t, temperature, normalize, labels, negatives)
         if s.shape[0] < 2:
             return s.sum() * 0.0
-        if groups is not None:
-            return _grouped(s, t, temperature, normalize, labels, negatives, groups)
-        blocked = _same_label_pairs(labels) if negatives == "other_label" else None
-        return _info_nce(s, t, temperature, normalize, blocked, None)
+        if sizes is not None:
+            return _in_blocks(s, t, temperature, normalize, labels, negatives, sizes, rows)
+        blocked = _blocked_pairs(s.shape[0], s.device, labels, negatives, groups, rows)
+        return _info_nce(s, t, temperature, normalize, blocked, rows)

@@ -3,20 +3,21 @@
 """
 import copy
 import logging
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .baselines import _dkd, gdkd3_loss, gdkd_loss, kd_loss, standardize, wttm_loss
-from .contrastive import NEGATIVES, contrastive_loss
+from .contrastive import NEGATIVES, contrastive_loss, group_sizes
 from .data_parallel import data_parallel, global_row_share
+from .faults import INPUTS, FaultSummary, LossFaults
 from .knobs import (Boolean, Choice, LossOptionError, Path, count, non_negative, option_namer, positive,
                     validate)
 from .tdl import tdl_from_partition
 from .topk import partition_index, teacher_topk, tsm_from_topk
-from .validation import check_k, check_labels, check_pair, label_range_error
+from .validation import check_k, check_labels, check_pair
 
 logger = logging.getLogger(__name__)
 
@@ -170,11 +171,21 @@ class DistillationLoss(nn.Module):
     """CE plus one distillation method on (N, C) logits.
 
     ``forward(s, t, y, progress=1.0, groups=None)`` returns ``{"loss_<term>": weighted scalar}``;
-    the trainer sums the values and logs each. ``progress`` is in the unit of ``warmup`` (epochs in
-    classification, iterations in detection); distillation terms are scaled by
-    ``min(progress / warmup, 1)``. ``groups`` gives each row's image for ``topkd.scope='image'``.
-    Terms whose weight is 0 are left out (detection sets ``ce_weight=0``: its box predictor
-    already has the CE).
+    the trainer sums the values and logs each. ``progress`` (a float, or a 0-d tensor so that a
+    compiled step does not specialise on it) is in the unit of ``warmup`` (epochs in classification,
+    iterations in detection); distillation terms are scaled by ``min(progress / warmup, 1)``.
+    ``groups`` gives each row's image for ``topkd.scope='image'``: per-row ids, or the row counts of
+    consecutive images as ints (cheaper: per-image blocks). Terms whose weight is 0 are left
+    out (detection sets ``ce_weight=0``: its box predictor already has the CE); ``term_names`` lists
+    the others.
+
+    The forward and backward never read a value on the host, so ``torch.compile(fullgraph=True)``
+    takes them whole (all but ``topkd.gather`` across processes) and a CUDA graph can capture them.
+    What used to be checked per batch is recorded on the device instead (``faults``) and acted on by
+    ``check_faults()``, which the trainers call at their logging points: labels outside [0, C) raise
+    there, and so do non-finite terms under ``nonfinite='error'``, naming the first such step and the
+    terms. Under ``nonfinite='skip'`` a batch with non-finite logits or terms contributes zero terms
+    (and, for non-finite logits, a zero gradient) and ``check_faults()`` warns with their count.
     """
 
     def __init__(self, options: Dict[str, Any], num_classes: Optional[int] = None,
@@ -196,11 +207,34 @@ class DistillationLoss(nn.Module):
         if contrasts and top["foreground_only"] and background_index is None:
             raise LossOptionError(f"{name(('topkd', 'foreground_only'))} needs a background class, which only "
                                   "detection has; set it to False", ("topkd", "foreground_only"))
+        self.term_names = self._term_names()
+        self.skips = options["nonfinite"] == "skip"
+        self.faults = LossFaults(self.term_names + ([INPUTS] if self.skips else []))
+
+    def _term_names(self) -> List[str]:
+        """The keys ``forward`` returns, in order (fixed by the options, never by the data)."""
+        opt, names = self.options, []
+        if opt["ce_weight"]:
+            names.append("loss_ce")
+        if self.method == "topkd":
+            mode = opt["mode"]
+            if mode == "kl":
+                return names + ["loss_kl"]
+            return names + ["loss_con"] + (["loss_tdl"] if mode in ("contrastive+tdl", "topkd") else [])
+        if self.method != "none":
+            names.append(f"loss_{self.method}")
+            if opt["plugin"]["tdl"]:
+                names.append("loss_tdl")
+        return names
 
     # -- helpers -------------------------------------------------------------------------------
-    def _ramp(self, progress: float) -> float:
+    def _ramp(self, progress):
         warmup = self.options["warmup"]
-        return 1.0 if warmup <= 0 else min(progress / warmup, 1.0)
+        if warmup <= 0:
+            return 1.0
+        if isinstance(progress, torch.Tensor):
+            return (progress / warmup).clamp(max=1.0).to(torch.float32)
+        return min(progress / warmup, 1.0)
 
     def _check_shapes(self, s, t, y) -> None:
         """Everything that can be checked without reading the tensors' values."""
@@ -238,19 +272,25 @@ class DistillationLoss(nn.Module):
         top = self.options["topkd"]
         if top["scope"] == "image" and groups is None:
             raise ValueError("topkd.scope='image' needs the per-row image ids (groups=...)")
-        rows = None
-        if top["foreground_only"]:
-            rows = (y != self.background_index).nonzero().squeeze(1)
-        n = s.shape[0] if rows is None else rows.numel()
+        groups = groups if top["scope"] == "image" else None
+        rows = (y != self.background_index) if top["foreground_only"] else None
+        n = s.shape[0]
         if top["max_rows"] and n > top["max_rows"]:
-            pick = torch.randperm(n, device=s.device)[: top["max_rows"]]
-            rows = pick if rows is None else rows[pick]
-        if rows is not None:
-            s, t, y = s[rows], t[rows], y[rows]
-            groups = groups[rows] if groups is not None else None
+            if groups is not None and not isinstance(groups, torch.Tensor):  # sizes: as per-row ids
+                groups = torch.cat([torch.full((size,), g, device=s.device)
+                                    for g, size in enumerate(group_sizes(groups, n))])
+            # A uniform random subset of the rows, or of the foreground rows (all of them when there are
+            # fewer), without reading how many there are: background keys sort after every foreground one.
+            key = torch.rand(n, device=s.device)
+            if rows is not None:
+                key = key + (~rows).to(key.dtype)
+            pick = key.topk(top["max_rows"], largest=False).indices
+            s, t, y = s[pick], t[pick], y[pick]
+            groups = groups[pick] if groups is not None else None
+            rows = rows[pick] if rows is not None else None
         return contrastive_loss(
             s, t, top["temperature"], normalize=top["normalize"], labels=y, negatives=top["negatives"],
-            groups=groups if top["scope"] == "image" else None, gather=top["gather"],
+            groups=groups, gather=top["gather"], rows=rows,
         )
 
     def _base_term(self, s, t, y) -> Dict[str, torch.Tensor]:
@@ -285,30 +325,60 @@ class DistillationLoss(nn.Module):
         return terms
 
     # -- forward -------------------------------------------------------------------------------
-    def forward(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, progress: float = 1.0,
-                groups: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+    def forward(self, s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, progress=1.0,
+                groups: Optional[Union[torch.Tensor, Sequence[int]]] = None) -> Dict[str, torch.Tensor]:
         t = t.detach()
         self._check_shapes(s, t, y)
+        if self.faults.record.device != s.device:  # a loss built on the CPU and called on a GPU
+            self.faults.to(s.device)
         num_classes = s.shape[1]
-        labels_ok = ((y >= 0) & (y < num_classes)).all()
-        # Indexing stays in range until the one value check below, which reads the label check and
-        # the finiteness of every term with a single device-to-host sync.
+        # Out-of-range labels are recorded, and clamped so that indexing stays in range until
+        # check_faults() raises.
         y_safe = y.clamp(0, num_classes - 1)
-        terms = self._terms(s.float(), t.float(), y_safe, progress, groups)
-        flags = torch.stack([labels_ok] + [torch.isfinite(v) for v in terms.values()]).tolist()
-        if not flags[0]:
-            raise label_range_error(y, num_classes)
-        if all(flags[1:]):
-            return terms
-        bad = [name for name, ok in zip(terms, flags[1:]) if not ok]
+        s, t = s.float(), t.float()
+        if self.skips:
+            # Zeros in place of non-finite logits keep every term and the student's gradient finite. (A sum
+            # is non-finite when an entry is, and is one cheap pass.)
+            inputs_finite = torch.isfinite(s.detach().sum() + t.sum())
+            s, t = torch.where(inputs_finite, s, 0.0), torch.where(inputs_finite, t, 0.0)
+        terms = self._terms(s, t, y_safe, progress, groups)
+        finite = torch.isfinite(torch.stack(list(terms.values()))) if terms else s.new_ones(0, dtype=torch.bool)
+        if self.skips:
+            finite = torch.cat([finite, inputs_finite.view(1)])
+        self.faults.update(finite, y, num_classes, progress)
+        if self.skips:
+            keep = finite.all()
+            terms = {name: torch.where(keep, value, 0.0) for name, value in terms.items()}
+        return terms
+
+    def check_faults(self, step_name: Callable[[float], str] = lambda progress: f"progress {progress:g}",
+                     packed: Optional[torch.Tensor] = None) -> FaultSummary:
+        """Read the device-side record since the last call (one sync) and reset it.
+
+        Raises ``ValueError`` if a batch had labels outside [0, C), and ``FloatingPointError`` if one had
+        non-finite logits or terms under ``nonfinite='error'``, naming the first such batch by
+        ``step_name(progress)`` and what was non-finite in it. Under ``nonfinite='skip'`` logs a warning
+        with the number of skipped batches. ``packed``: the rows of ``faults.pack()`` gathered from every
+        process (default: this process's record).
+        """
+        summary = self.faults.summary(packed)
+        self.faults.reset()
+        if summary.label_min < 0 or summary.label_max >= summary.num_classes:
+            raise ValueError(f"labels must lie in [0, {summary.num_classes}), got min {summary.label_min} and max "
+                             f"{summary.label_max} in the batches since the last check")
+        if not summary.bad_batches:
+            return summary
+        where = step_name(summary.first_progress)
+        counts = ", ".join(f"{name} in {n}" for name, n in summary.nonfinite.items())
         if self.options["nonfinite"] == "error":
             raise FloatingPointError(
-                f"non-finite loss terms {bad} (non-finite student or teacher logits?); set nonfinite='skip' "
-                "(DISTILL.NONFINITE: skip) to skip such batches with a warning instead"
+                f"non-finite logits or loss terms in {summary.bad_batches} batch(es) since the last check, the first "
+                f"at {where} (non-finite: {counts}); set nonfinite='skip' (DISTILL.NONFINITE: skip) to skip such "
+                "batches with a warning instead"
             )
-        logger.warning("skipping a batch whose loss terms %s are non-finite (%d rows)", bad, s.shape[0])
-        # Zero with a graph through the student, so every rank still runs backward under DDP.
-        return {"loss_skipped": s.float().nan_to_num(0.0, 0.0, 0.0).sum() * 0.0}
+        logger.warning("skipped %d batch(es) with non-finite logits or loss terms, the first at %s (non-finite: %s)",
+                       summary.bad_batches, where, counts)
+        return summary
 
     def _terms(self, s, t, y, progress, groups) -> Dict[str, torch.Tensor]:
         terms: Dict[str, torch.Tensor] = {}

@@ -10,31 +10,41 @@ Masks = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 POS, NEG, NON = 0, 1, 2
 
 
-def _k_extreme(x: torch.Tensor, k: int, largest: bool, ordered_ties: bool) -> torch.Tensor:
-    """Indices of the k largest (or smallest) entries per row, ties to the lower index.
+def _tie_broken_key(x: torch.Tensor, largest: bool) -> torch.Tensor:
+    """An int64 per float32 entry, ordered as the entries are, with equal entries ordered by index so
+    that the lower index comes first whichever end is selected.
 
-    ``torch.topk`` is far cheaper than a full sort but promises no order among equal values, so
-    rows where a tie could change the answer are redone with a stable sort. ``ordered_ties``: the
-    order within the k matters (ranks), not only which k are picked.
+    The upper 32 bits hold the float's magnitude bits (which order as the magnitudes do) times its sign,
+    so -0.0 and +0.0 get the same value, as they compare equal; the lower 32 bits the index (reversed
+    for ``largest``).
     """
-    values, index = x.topk(k + 1, dim=1, largest=largest, sorted=True)
-    equal = values[:, 1:] == values[:, :-1]
-    tied = equal.any(dim=1) if ordered_ties else equal[:, k - 1]
-    if bool(tied.any()):
-        rows = tied.nonzero().squeeze(1)
-        index[rows] = torch.sort(x[rows], dim=1, descending=largest, stable=True).indices[:, : k + 1]
-    return index[:, :k]
+    magnitude = (x.view(torch.int32) & 0x7FFFFFFF).to(torch.int64)
+    ordered = magnitude.mul_(torch.sign(x).to(torch.int64))
+    index = torch.arange(x.shape[-1], device=x.device)
+    return torch.add((1 << 32) - 1 - index if largest else index, ordered, alpha=1 << 32)
+
+
+def _k_extreme(x: torch.Tensor, k: int, largest: bool) -> torch.Tensor:
+    """Indices of the k largest (or smallest) entries per row, best first, ties to the lower index.
+
+    ``torch.topk`` promises no order among equal values, so it runs on a key that has no ties
+    (float32); float64 rows, whose bits leave no room for an index, take a stable sort. Neither reads
+    a value on the host.
+    """
+    if x.dtype == torch.float64:
+        return torch.sort(x, dim=1, descending=largest, stable=True).indices[:, :k]
+    return _tie_broken_key(x.float(), largest).topk(k, dim=1, largest=largest, sorted=True).indices
 
 
 def teacher_topk(t: torch.Tensor, k: int) -> torch.Tensor:
     """Indices (N, K) of the K largest teacher logits, best first; ties go to the lower index (§1)."""
     check_k(k, t.shape[1])
-    return _k_extreme(t.detach(), k, largest=True, ordered_ties=True)
+    return _k_extreme(t.detach(), k, largest=True)
 
 
 def _neg_indices(t: torch.Tensor, pos: torch.Tensor, k: int) -> torch.Tensor:
     """The K smallest teacher logits outside Pos (Pos entries become +inf), ties to the lower index."""
-    return _k_extreme(t.detach().masked_fill(pos, float("inf")), k, largest=False, ordered_ties=False)
+    return _k_extreme(t.detach().masked_fill(pos, float("inf")), k, largest=False)
 
 
 def _pos_mask(shape, top: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

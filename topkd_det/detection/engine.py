@@ -47,6 +47,25 @@ class ProgressBar(HookBase):
         self._bar.close()
 
 
+class LossFaultCheck(HookBase):
+    """Acts every ``period`` iterations on what the distillation loss recorded on the device (it reads
+    nothing on the host per step): warns about batches skipped under ``NONFINITE skip`` and raises for
+    labels outside the loss's classes. A non-finite total under ``error`` stops training at once in
+    Detectron2's own metrics writer, which names the iteration and every loss term."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def after_step(self):
+        step = self.trainer.iter + 1
+        if step % self.period and step != self.trainer.max_iter:
+            return
+        model = self.trainer.model
+        loss = getattr(getattr(model, "module", model), "distill_loss", None)
+        if loss is not None:
+            loss.check_faults(lambda progress: f"iteration {int(progress)}")
+
+
 class DistillTrainer(ResumableTrainer, DefaultTrainer):
     """``DefaultTrainer`` with COCO evaluation, a progress bar and safe resume (``ResumableTrainer``,
     which also keeps the ranks' copies of the student one model); the model comes from
@@ -103,7 +122,8 @@ class DistillTrainer(ResumableTrainer, DefaultTrainer):
         return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
 
     def build_hooks(self):
-        return super().build_hooks() + [ProgressBar()]
+        # After the writers (Detectron2 puts them last), as in lazy_engine.train.
+        return super().build_hooks() + [ProgressBar(), LossFaultCheck(20)]
 
 
 def register_datasets(cfg: CfgNode) -> List[str]:

@@ -41,7 +41,7 @@ from .class_names import check_teacher_classes, classes_entry, student_classes, 
 from .data_check import Dataset, DatasetSummary, Needs, check_data
 from .datasets import check_dataset_files, check_dataset_registered, register_builtin_synthetic
 from .device import device_line, resolve_device
-from .engine import ProgressBar, run_setup
+from .engine import LossFaultCheck, ProgressBar, run_setup
 from .evaluation import eval_folder, load_for_evaluation, weights_to_evaluate
 from .meta_arch import DistillRCNN, build_distill_loss
 from .replicas import ReplicaSync, ddp_kwargs, insert_before_readers
@@ -391,6 +391,7 @@ def train(cfg: DictConfig, resume: bool = False, allow_config_change: bool = Fal
         hooks.PeriodicWriter(default_writers(out, cfg.train.max_iter),
                              period=cfg.train.log_period) if main else None,
         ProgressBar(),
+        LossFaultCheck(cfg.train.log_period),
     ], replica_sync))
     loaded = resume_from(checkpointer, out, fingerprint, LAZY_RESUME_RULES, allow_config_change, None, resume)
     if loaded is None:
