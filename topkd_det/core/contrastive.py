@@ -31,31 +31,39 @@ class _CosineInfoNCE(torch.autograd.Function):
 
     The logits are bounded by ``scale``, so one ``E = exp(A − scale)`` serves both softmax directions
     without a max pass, and the backward is written out: with ``r``, ``c`` the row and column sums of
-    ``E``, ``∂/∂A_ij = ½ w_i E_ij/r_i + ½ w_j E_ij/c_j − δ_ij w_i``. This keeps a single N×N buffer alive instead of autograd's half dozen, which is
+    ``E``, ``∂/∂A_ij = ½ w_i E_ij/r_i + ½ v_j E_ij/c_j − δ_ij w_i`` (``v``: the columns' weights, ``w``
+    unless given). This keeps a single N×N buffer alive instead of autograd's half dozen, which is
     what the batch-scope contrastive costs at detection sizes (see benchmarks/bench_losses.py).
+
+    Under ``gather`` (``_gathered``), ``t`` holds every rank's teacher rows, row i's own column is
+    ``offset + i``, and the column sums are all-reduced over every rank's student rows.
     """
 
     @staticmethod
-    def forward(ctx, s, t, scale, blocked, weight):
+    def forward(ctx, s, t, scale, blocked, weight, offset=0, column_weight=None, all_reduce_columns=False):
         e = torch.matmul(s * scale, t.transpose(-1, -2)).sub_(scale).exp_()
         if blocked is not None:
             e.masked_fill_(blocked, 0.0)
         rows, cols = e.sum(-1), e.sum(-2)
-        diag = (s * t).sum(-1) * scale
-        per_item = 0.5 * (rows.log() + cols.log()) + scale - diag
-        ctx.save_for_backward(t, e, rows, cols, weight)
-        ctx.scale = scale
+        if all_reduce_columns:
+            dist.all_reduce(cols)
+        n = s.shape[-2]
+        own_cols = cols[..., offset:offset + n]
+        diag = (s * t[..., offset:offset + n, :]).sum(-1) * scale
+        per_item = 0.5 * (rows.log() + own_cols.log()) + scale - diag
+        column_weight = weight if column_weight is None else column_weight
+        ctx.save_for_backward(t, e, rows, cols, weight, column_weight)
+        ctx.scale, ctx.offset = scale, offset
         return (per_item * weight).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        t, e, rows, cols, weight = ctx.saved_tensors
-        half_w = 0.5 * weight
-        g = ((half_w / rows).unsqueeze(-1) + (half_w / cols).unsqueeze(-2)).mul_(e)
-        g.diagonal(dim1=-2, dim2=-1).sub_(weight)
+        t, e, rows, cols, weight, column_weight = ctx.saved_tensors
+        g = ((0.5 * weight / rows).unsqueeze(-1) + (0.5 * column_weight / cols).unsqueeze(-2)).mul_(e)
+        g.diagonal(offset=ctx.offset, dim1=-2, dim2=-1).sub_(weight)
         g.mul_(grad * ctx.scale)
-        return torch.matmul(g, t), None, None, None, None
+        return torch.matmul(g, t), None, None, None, None, None, None, None
 
 
 def _info_nce(s, t, temperature, normalize, blocked, valid):
@@ -143,19 +151,27 @@ def _gathered(s, t, temperature, normalize, labels, negatives):
     times the world size. Row i's softmax runs over every rank's teacher rows; column j's over every
     rank's student rows, whose per-column sums are all-reduced. The gradient reaching this rank's
     student rows is the one-process loss's: a row also sits in the denominators of the other ranks'
-    columns, and ``col_softmax · a`` (whose value is subtracted again) carries that part."""
+    columns. Cosine similarities take ``_CosineInfoNCE`` (one pass, its backward written out); the
+    literal dot product takes autograd, where ``col_softmax · a`` (whose value is subtracted again)
+    carries that part."""
     counts = row_counts(s.shape[0], s.device)
     world, rank, total = len(counts), dist.get_rank(), sum(counts)
+    local = torch.arange(s.shape[0], device=s.device)
+    offset = sum(counts[:rank])  # where this rank's rows sit among every rank's
+    blocked = None
+    if negatives == "other_label":
+        blocked = labels.unsqueeze(1) == gather_rows(labels, counts).unsqueeze(0)
+        blocked[local, local + offset] = False
+    scale = 1.0 / temperature
+    if normalize and scale <= _MAX_COSINE_SCALE:
+        share = s.new_tensor(world / total)
+        return _CosineInfoNCE.apply(F.normalize(s, dim=-1), gather_rows(F.normalize(t, dim=-1), counts), scale,
+                                    blocked, share.expand(s.shape[0]), offset, share, True)
     if normalize:
         s, t = F.normalize(s, dim=-1), F.normalize(t, dim=-1)
     a = s @ gather_rows(t, counts).t() / temperature  # this rank's student rows x all teacher rows
-    local = torch.arange(s.shape[0], device=s.device)
-    own = local + sum(counts[:rank])  # each row's own teacher row among all of them
-    logits = a
-    if negatives == "other_label":
-        blocked = labels.unsqueeze(1) == gather_rows(labels, counts).unsqueeze(0)
-        blocked[local, own] = False
-        logits = a.masked_fill(blocked, float("-inf"))
+    own = local + offset  # each row's own teacher row among all of them
+    logits = a if blocked is None else a.masked_fill(blocked, float("-inf"))
     diagonal = a[local, own]
     rows = torch.logsumexp(logits, dim=1) - diagonal
     # Columns: a max over every rank's rows keeps exp() in range, then the sums over every rank's rows.
