@@ -5,9 +5,10 @@
     python benchmarks/teacher_topk_structure.py --student-weights ""    # the untrained student only
 
 Classification: the cached Fashion-MNIST teacher (benchmarks/cls_accuracy.py) on the 5k held-out val
-images, unaugmented. Detection: the embedded demo's cached teacher (configs/embedded/teacher.yaml) on the rows DistillRCNN
-distills, i.e. its class logits on the student's sampled proposals (foreground and background), taken
-from --det-batches training batches of --det-split through Detectron2's training data path. Those
+images, unaugmented. Detection: the embedded demo's cached teacher (configs/embedded/teacher.yaml) on
+the rows DistillRCNN distills, i.e. its class logits on the student's sampled proposals (foreground
+and background), taken from --det-batches training batches of --det-split through Detectron2's
+training data path. Those
 proposals depend on the student's RPN, so each --student-weights ("" = the student at initialisation)
 gets its own rows. Per part one markdown table, printed and written to --output.
 
