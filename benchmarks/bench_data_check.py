@@ -14,7 +14,6 @@ times, each once in this process:
 
     nice -n 15 python benchmarks/bench_data_check.py --root /tmp/coco_check
 """
-import argparse
 import json
 import os
 import random
@@ -24,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.detection.coco_facts import read_coco_facts  # noqa: E402
 from topkd_det.detection.data_check import missing_files  # noqa: E402
 
@@ -64,7 +64,7 @@ def timed(fn):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = documented_parser(__doc__, "docs/data_checks.md")
     parser.add_argument("--root", type=Path, required=True, help="folder for the json and the empty image files")
     parser.add_argument("--images", type=int, default=118287)
     parser.add_argument("--boxes", type=int, default=860001)

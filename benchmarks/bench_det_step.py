@@ -43,7 +43,7 @@ PAIRS = {
     "R50_MV2": (REPO / "configs/COCO-Detection/topkd_R50_MV2.yaml", None),
 }
 # The keys that turn a pair's Faster R-CNNs (student and teacher) into another family; the mask head
-# is Detectron2's standard 4 convs, at the embedded FPN's 128 channels.
+# is Detectron2's standard 4 convs, at 128 channels.
 FAMILIES = {
     "faster": ("Faster R-CNN", []),
     "mask": ("Mask R-CNN", ["MODEL.MASK_ON", True, "MODEL.ROI_MASK_HEAD.NUM_CONV", 4,

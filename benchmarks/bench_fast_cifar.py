@@ -48,6 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from topkd_det.classification.config import load_cls_cfg  # noqa: E402
 from topkd_det.classification.engine import Env, Trainer  # noqa: E402
+from topkd_det.cli import documented_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = ("resnet32x4_resnet8x4", "resnet32x4_ShuffleNetV2")
@@ -258,7 +259,7 @@ def fmt(value, spec=".1f"):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = documented_parser(__doc__, "docs/fast_cifar.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=PAIRS)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

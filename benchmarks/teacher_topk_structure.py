@@ -5,11 +5,11 @@
     python benchmarks/teacher_topk_structure.py --student-weights ""    # the untrained student only
 
 Classification: the cached Fashion-MNIST teacher (benchmarks/cls_accuracy.py) on the 5k held-out val
-images, unaugmented. Detection: the embedded demo's cached R18-FPN teacher on the rows DistillRCNN
-distills, i.e. its class logits on the student's sampled proposals (foreground and background), taken
-from --det-batches training batches of --det-split through Detectron2's training data path. Those
-proposals depend on the student's RPN, so each --student-weights ("" = the student at initialisation)
-gets its own rows. Per part one markdown table, printed and written to --output.
+images, unaugmented. Detection: the embedded demo's cached teacher (configs/embedded/teacher.yaml) on
+the rows DistillRCNN distills, i.e. its class logits on the student's sampled proposals (foreground
+and background), taken from --det-batches training batches of --det-split through Detectron2's
+training data path. Those proposals depend on the student's RPN, so each --student-weights ("" = the
+student at initialisation) gets its own rows. Per part one markdown table, printed and written to --output.
 
 Columns: top-1 accuracy; entropy of the softmax (nats); mass@K, the mean softmax probability in the
 teacher's top-K; hit@K, rows whose label is in the top-K; rescue@K, rows whose top-1 is wrong but

@@ -1,4 +1,4 @@
-"""Evaluation that never misleads, on both tools: the README's own sequence (train, evaluate with the
+"""Evaluation that never misleads, on both tools: the documented sequence (docs/data_checks.md: train, evaluate with the
 final weights, resume with a longer schedule) works, because an evaluation writes its config and log
 below the run (``inference/``) and a resume does not compare MODEL.WEIGHTS; ``--eval-teacher`` writes
 to ``teacher_eval/``; ``--eval-only`` without weights evaluates the run's newest checkpoint, and
@@ -63,7 +63,7 @@ def test_readme_sequence_train_evaluate_resume(det_run_names, tmp_path, monkeypa
     assert (out / "teacher_eval" / det_run_names["val"] / "coco_instances_results.json").is_file()
     assert results.read_bytes() == before and set(teacher) == {"bbox"}  # the student's results are untouched
 
-    # The README's resume with a longer schedule, from the config file, then from the run's config.yaml
+    # The documented resume with a longer schedule, from the config file, then from the run's config.yaml
     # with the MODEL.WEIGHTS an evaluation names (a resume loads its checkpoint, not MODEL.WEIGHTS).
     _run(train_net, "--config-file", config, "--resume", "OUTPUT_DIR", out, *test, "SOLVER.MAX_ITER", 4)
     assert steps.count == 4

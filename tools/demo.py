@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The main job on the embedded default: distill a Faster R-CNN end to end, offline, on the CPU.
+"""The main job on the embedded default: distill a Faster R-CNN end to end, offline, on a CPU (or the GPU).
 
     python tools/demo.py                         # what `make demo` runs: one seed, every row
     python tools/demo.py --seeds 0 1 2 3 4 5     # the paired benchmark: intervals and verdicts
@@ -59,8 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--num-eval", type=int, default=SyntheticConfig.num_test, help="images in val and in test")
     p.add_argument("--image-size", type=int, default=SyntheticConfig.image_size)
     p.add_argument("--jobs", type=int, default=3,
-                   help="runs at the same time, one thread each (default 3: the three distillation runs of a "
-                        "seed share the 2 cores of the reference machine instead of waiting for each other)")
+                   help="runs at the same time, each with CPUs / jobs torch threads (default 3: the three "
+                        "distillation runs of a seed share the 2 cores of the reference machine, one thread each, "
+                        "instead of waiting for each other)")
     add_debug_flag(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE config overrides for every run (teacher and students)")

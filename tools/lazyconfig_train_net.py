@@ -4,7 +4,7 @@
     python tools/lazyconfig_train_net.py --config-file configs/COCO-Detection/topkd_R101_R18.py --num-gpus 8
     python tools/lazyconfig_train_net.py --config-file ... --resume          # continue a killed run
     python tools/lazyconfig_train_net.py --config-file ... --eval-only train.init_checkpoint=output/.../model_final.pth
-    python tools/lazyconfig_train_net.py --config-file configs/embedded/topkd.py   # offline, on the CPU
+    python tools/lazyconfig_train_net.py --config-file configs/embedded/topkd.py   # offline (train.device auto)
 
 Trailing ``key=value`` overrides change the config, e.g. ``model.distill_loss.options.topkd.k=5
 train.max_iter=1000``; a key the config lacks is refused unless written ``+key=value``. Checkpoints

@@ -6,13 +6,15 @@
     python tools/train_net.py --config-file ... --resume SOLVER.MAX_ITER 270000   # the same run, longer
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS output/.../model_final.pth
     python tools/train_net.py --config-file ... --eval-teacher           # the teacher alone, in teacher_eval/
-    python tools/train_net.py --config-file configs/embedded/topkd.yaml \
+    python tools/train_net.py --config-file configs/embedded/teacher.yaml \
         --coco-dataset mine_train /data/train.json /data/train --coco-dataset mine_val /data/val.json /data/val \
         DATASETS.TRAIN "('mine_train',)" DATASETS.TEST "('mine_val',)" MODEL.ROI_HEADS.NUM_CLASSES 3
 
-Trailing ``KEY VALUE`` pairs override the config, e.g. ``MODEL.DISTILL.TOPKD.K 5 SOLVER.MAX_ITER 1000``.
---resume continues the run in OUTPUT_DIR only under the config that wrote it: a change that alters the
-result is refused with the keys listed; --allow-config-change accepts it and records it in metrics.json.
+The last command trains a teacher on your own COCO data; the TopKD student after it is in
+docs/detection_own_data.md. Trailing ``KEY VALUE`` pairs override the config, e.g.
+``MODEL.DISTILL.TOPKD.K 5 SOLVER.MAX_ITER 1000``. --resume continues the run in OUTPUT_DIR only under the
+config that wrote it: a change that alters the result is refused with the keys listed;
+--allow-config-change accepts it and records it in metrics.json.
 """
 import sys
 from pathlib import Path
