@@ -83,3 +83,30 @@ def tiny_cfg(tmp_path: Path, data: Path, *opts, name: str = "run", check_files: 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return load_cls_cfg(str(path), [str(o) for o in opts], check_files=check_files), path
+
+
+class Killed(Exception):
+    """The process dying right after a checkpoint is on disk."""
+
+
+def killed_after_first_checkpoint_then_resumed(cfg, monkeypatch) -> dict:
+    """Train ``cfg`` until its first checkpoint is written, die there, then resume it to its end;
+    returns the resumed run's results, with ``died_after_epochs`` added."""
+    from topkd_det.classification.engine import Trainer
+
+    save, died = Trainer.save_checkpoint, []
+
+    def save_then_die(self, epochs_done):
+        save(self, epochs_done)
+        died.append(epochs_done)
+        raise Killed
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
+    try:
+        Trainer(cfg).train()
+    except Killed:
+        pass
+    else:
+        raise AssertionError("the run wrote no checkpoint to die after")
+    monkeypatch.setattr(Trainer, "save_checkpoint", save)
+    return {**Trainer(cfg).train(resume=True), "died_after_epochs": died[0]}

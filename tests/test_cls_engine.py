@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cls_fixtures import fashion_dir, tiny_cfg
+from cls_fixtures import fashion_dir, killed_after_first_checkpoint_then_resumed, tiny_cfg
 from conftest import load_tool
 from topkd_det import rng
 from topkd_det.classification.checkpoint import load_file
@@ -79,10 +79,6 @@ def test_loss_warmup_ramps_within_epochs(tmp_path, data, teacher_ckpt):
     assert seen == [i / 5 for i in range(5)]  # epoch + iter / iters_per_epoch (80 images, batch 16)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, data, teacher_ckpt, monkeypatch):
     opts = ["DISTILL.METHOD", "topkd", "MODEL.TEACHER", "fmnist_teacher", "MODEL.TEACHER_WEIGHTS", teacher_ckpt,
             "DISTILL.TOPKD.K", "3", "DISTILL.WARMUP", "1.0", "SOLVER.EPOCHS", 3, "SOLVER.LR_DECAY_STAGES", "[2]"]
@@ -90,18 +86,8 @@ def test_killed_and_resumed_run_ends_bitwise_equal(tmp_path, data, teacher_ckpt,
     Trainer(whole_cfg).train()
 
     cfg, _ = tiny_cfg(tmp_path, data, *opts, name="killed")
-    save = Trainer.save_checkpoint
-
-    def save_then_die(self, epochs_done):
-        save(self, epochs_done)
-        raise Killed  # the process dies right after the epoch-1 checkpoint is on disk
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        Trainer(cfg).train()
-    monkeypatch.setattr(Trainer, "save_checkpoint", save)
-    assert load_file(f"{cfg.OUTPUT_DIR}/last.pth")["epoch"] == 1
-    resumed = Trainer(cfg).train(resume=True)
+    resumed = killed_after_first_checkpoint_then_resumed(cfg, monkeypatch)
+    assert resumed["died_after_epochs"] == 1
 
     whole = load_file(f"{whole_cfg.OUTPUT_DIR}/last.pth")
     final = load_file(f"{cfg.OUTPUT_DIR}/last.pth")

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from cls_fixtures import fashion_dir, tiny_cfg
+from cls_fixtures import fashion_dir, killed_after_first_checkpoint_then_resumed, tiny_cfg
 from conftest import REPO
 from topkd_det.classification.checkpoint import load_file
 from topkd_det.classification.config import load_cls_cfg
 from topkd_det.classification.data import CIFAR100_MEAN, CIFAR100_STD
-from topkd_det.classification.engine import Env, Trainer
+from topkd_det.classification.engine import Trainer
 from topkd_det.classification.fast import FastStep, fast_path_problem, use_fast_path
 from topkd_det.classification.models import build_model
 from topkd_det.config_io import ConfigError
@@ -110,26 +110,12 @@ def test_fast_step_compiles_into_one_graph_and_matches_the_eager_step(tmp_path, 
         torch.testing.assert_close(weights[1][name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-class Killed(Exception):
-    pass
-
-
 def test_killed_and_resumed_fast_run_ends_bitwise_equal(tmp_path, data, teacher, monkeypatch):
     opts = ["FAST_PATH", "always", *_distill(teacher), "SOLVER.EPOCHS", 3, "SOLVER.LR_DECAY_STAGES", "[2]"]
     whole_cfg, _ = tiny_cfg(tmp_path, data, *opts, name="whole")
     Trainer(whole_cfg).train()
     cfg, _ = tiny_cfg(tmp_path, data, *opts, name="killed")
-    save = Trainer.save_checkpoint
-
-    def save_then_die(self, epochs_done):
-        save(self, epochs_done)
-        raise Killed
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        Trainer(cfg).train()
-    monkeypatch.setattr(Trainer, "save_checkpoint", save)
-    resumed = Trainer(cfg).train(resume=True)
+    resumed = killed_after_first_checkpoint_then_resumed(cfg, monkeypatch)
     whole, final = load_file(f"{whole_cfg.OUTPUT_DIR}/last.pth"), load_file(f"{cfg.OUTPUT_DIR}/last.pth")
     for name, tensor in whole["model"].items():
         assert torch.equal(tensor, final["model"][name]), name

@@ -7,7 +7,7 @@ import timm
 import torch
 from timm.scheduler.cosine_lr import CosineLRScheduler
 
-from cls_fixtures import cifar_dir, tiny_cfg
+from cls_fixtures import cifar_dir, killed_after_first_checkpoint_then_resumed, tiny_cfg
 from topkd_det.classification.checkpoint import load_file
 from topkd_det.classification.config import ConfigError, load_cls_cfg
 from topkd_det.classification.data import build_splits
@@ -168,10 +168,6 @@ def test_teacher_reads_its_own_input_size(tmp_path, cifar):
     assert results["teacher"]["test/top1"] >= 0 and results["last"]["epoch"] == 2
 
 
-class Killed(Exception):
-    pass
-
-
 def test_adamw_cosine_randaug_run_resumes_bitwise(tmp_path, cifar, monkeypatch):
     opts = ["DATASET.TRANSFORM", "randaug", "SOLVER.OPTIMIZER", "adamw", "SOLVER.LR", "0.001",
             "SOLVER.LR_SCHEDULER", "cosine", "SOLVER.WARMUP_EPOCHS", 1, "SOLVER.EPOCHS", 3, "SOLVER.MIN_LR", "1e-5",
@@ -179,17 +175,7 @@ def test_adamw_cosine_randaug_run_resumes_bitwise(tmp_path, cifar, monkeypatch):
     whole = _cifar_cfg(tmp_path, cifar, *opts, name="whole")
     Trainer(whole).train()
     cfg = _cifar_cfg(tmp_path, cifar, *opts, name="killed")
-    save = Trainer.save_checkpoint
-
-    def save_then_die(self, epochs_done):
-        save(self, epochs_done)
-        raise Killed
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        Trainer(cfg).train()
-    monkeypatch.setattr(Trainer, "save_checkpoint", save)
-    Trainer(cfg).train(resume=True)
+    killed_after_first_checkpoint_then_resumed(cfg, monkeypatch)
     a, b = load_file(f"{whole.OUTPUT_DIR}/last.pth"), load_file(f"{cfg.OUTPUT_DIR}/last.pth")
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name

@@ -16,7 +16,7 @@ from topkd_det.classification.engine import Trainer, TrainStep
 from topkd_det.classification.models import build_model as build_cls_model
 from topkd_det.core import build_loss
 
-from cls_fixtures import fashion_dir, tiny_cfg
+from cls_fixtures import fashion_dir, killed_after_first_checkpoint_then_resumed, tiny_cfg
 from detection_fixtures import batch, distill_cfg, write_teacher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -178,20 +178,7 @@ def test_fast_path_on_cuda_resumes_where_it_stopped(fast_run, monkeypatch, no_tf
     whole = _fast_cfg(fast_run, "cuda_whole", *opts)
     Trainer(whole).train()
     cfg = _fast_cfg(fast_run, "cuda_killed", *opts)
-    save = Trainer.save_checkpoint
-
-    class Killed(Exception):
-        pass
-
-    def save_then_die(self, epochs_done):
-        save(self, epochs_done)
-        raise Killed
-
-    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(Killed):
-        Trainer(cfg).train()
-    monkeypatch.setattr(Trainer, "save_checkpoint", save)
-    Trainer(cfg).train(resume=True)
+    killed_after_first_checkpoint_then_resumed(cfg, monkeypatch)
     ref, out = load_file(f"{whole.OUTPUT_DIR}/last.pth")["model"], load_file(f"{cfg.OUTPUT_DIR}/last.pth")["model"]
     for name, value in ref.items():
         torch.testing.assert_close(out[name].float(), value.float(), rtol=1e-3, atol=1e-4, msg=name)
