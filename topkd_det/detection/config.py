@@ -23,6 +23,10 @@ def add_topkd_config(cfg: CN) -> None:
     # KEY VALUE overrides of the teacher's own config, applied after CONFIG_FILE,
     # e.g. ['MODEL.ROI_HEADS.NUM_CLASSES', 3].
     cfg.MODEL.TEACHER.OPTS = []
+    # (short_edge, max_size): the teacher sees each student image resized as ResizeShortestEdge
+    # would resize it, and the student's boxes scaled alike; empty: the student's images as they are.
+    # E.g. (1024, 1024) for a ViTDet teacher (trained at 1024, padded to a 1024 square).
+    cfg.MODEL.TEACHER.INPUT_SIZE = ()
 
     # COCO-format datasets to register before anything is built: [[name, json_file, image_root], ...].
     # DATASETS.TRAIN/TEST may then name them; being part of the dumped config.yaml, they need not be

@@ -4,6 +4,7 @@ from detectron2.config import CfgNode
 
 from ..config_io import ConfigError
 from ..core import LossOptionError, build_loss
+from .teacher import YACS_KEYS, check_input_size
 
 DISTILL_PREFIX = "MODEL.DISTILL"
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
@@ -12,9 +13,16 @@ _SOLVER_RANGES = (("MAX_ITER", 1, False), ("IMS_PER_BATCH", 1, False), ("CHECKPO
                   ("BASE_LR", 0, True))
 
 
+def check_amp_device(enabled: bool, device: str, amp_key: str, device_key: str) -> None:
+    """Detectron2's ``AMPTrainer`` asserts CUDA at its first step; refused here, before any work."""
+    if enabled and not str(device).startswith("cuda"):
+        raise ConfigError(f"{amp_key} is on, but {device_key} is {device!r}: Detectron2's AMPTrainer trains on CUDA "
+                          f"only; turn {amp_key} off to train on the CPU")
+
+
 def check_distill_config(cfg: CfgNode) -> None:
     """Raise ``ConfigError`` naming the key: every ``MODEL.DISTILL`` knob (type, range, K against the
-    class count), ``MODEL.TEACHER.DTYPE`` and the solver's lengths."""
+    class count), ``MODEL.TEACHER.DTYPE`` and ``INPUT_SIZE``, the solver's lengths and AMP's device."""
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     try:
         # Detection logits have a background column: C = NUM_CLASSES + 1.
@@ -28,6 +36,8 @@ def check_distill_config(cfg: CfgNode) -> None:
     if cfg.MODEL.TEACHER.DTYPE not in TEACHER_DTYPES:
         raise ConfigError(f"MODEL.TEACHER.DTYPE must be one of {', '.join(TEACHER_DTYPES)}; "
                           f"got {cfg.MODEL.TEACHER.DTYPE!r}")
+    check_input_size(cfg.MODEL.TEACHER.INPUT_SIZE, YACS_KEYS)
+    check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED", "MODEL.DEVICE")
     for key, lowest, strict in _SOLVER_RANGES:
         value = cfg.SOLVER[key]
         if value < lowest or (strict and value == lowest):
