@@ -155,6 +155,16 @@ def test_vitdet_models_and_recipe_are_projects_vitdets_own(projects_vitdet, monk
     assert _plain(ours.lr_multiplier) == _plain(theirs.lr_multiplier)
 
 
+@needs_vit
+def test_loading_a_vitdet_config_never_imports_the_model_zoo_module():
+    """detectron2.model_zoo imports pkg_resources, which the locked setuptools lacks."""
+    code = ("import sys; from topkd_det.detection.lazy_engine import load_lazy_config; "
+            f"load_lazy_config({str(REPO / 'configs/COCO-ViTDet/topkd_cascade_L_mask_B.py')!r}); "
+            "print(sorted(m for m in sys.modules if m.startswith('detectron2.model_zoo')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
 def _small(cfg: DictConfig) -> None:
     """Two ViT blocks instead of 12 or 24, so that a test builds a pair in seconds; widths unchanged."""
     for model in (cfg.model, cfg.model.teacher.config):
