@@ -37,6 +37,7 @@ from detectron2.structures import BitMasks, Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from topkd_det.detection import add_topkd_config  # noqa: E402
+from topkd_det.detection.vitdet import vit_backbone_available  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = {
@@ -228,9 +229,7 @@ def main():
     args = p.parse_args()
     if "on" in args.student_amp and not args.device.startswith("cuda"):
         p.error("--student-amp on needs --device cuda (Detectron2's AMPTrainer requires CUDA)")
-    import detectron2.modeling
-
-    if not hasattr(detectron2.modeling, "ViT"):
+    if not vit_backbone_available():
         if "--families" in sys.argv and "vitdet" in args.families:
             p.error("--families vitdet needs the official Detectron2 (main), whose detectron2.modeling has the ViT "
                     "backbone (docs/vitdet.md)")

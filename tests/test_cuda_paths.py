@@ -2,7 +2,6 @@
 classification step under bf16 and fp16 AMP, and DistillRCNN (the tiny R-CNN, and the embedded ViTDet
 pair) with a bf16 teacher and Detectron2's AMPTrainer. Skipped without a GPU (CI); benchmarks/gpu_suite.sh
 runs them on one."""
-import detectron2.modeling
 import pytest
 import torch
 from detectron2.engine import AMPTrainer
@@ -13,6 +12,7 @@ from topkd_det.classification.distiller import Distiller
 from topkd_det.classification.engine import TrainStep
 from topkd_det.classification.models import build_model as build_cls_model
 from topkd_det.core import build_loss
+from topkd_det.detection.vitdet import vit_backbone_available
 
 from conftest import REPO
 from detection_fixtures import batch, distill_cfg, write_teacher
@@ -132,7 +132,7 @@ def test_distill_rcnn_trains_with_detectron2s_amp_trainer(tmp_path, teacher_file
     assert all(torch.isfinite(torch.tensor(v)) for v, _ in latest.values())
 
 
-@pytest.mark.skipif(not hasattr(detectron2.modeling, "ViT"), reason="this Detectron2 (0.6) has no ViT backbone")
+@pytest.mark.skipif(not vit_backbone_available(), reason="this Detectron2 (0.6) has no ViT backbone")
 def test_embedded_vitdet_pair_trains_with_detectron2s_amp_trainer(tmp_path):
     """ViTDet's recipe (train.amp.enabled): the tiny ViTDet student in float16 under AMPTrainer with its
     layer-wise LR decay AdamW, the teacher in float32, finite losses, the student's weights moved."""

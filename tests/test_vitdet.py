@@ -17,7 +17,6 @@ import uuid
 from pathlib import Path
 
 import detectron2
-import detectron2.modeling
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -33,11 +32,12 @@ from topkd_det.detection.datasets import register_synthetic
 from topkd_det.detection.families import family_name
 from topkd_det.detection.lazy_engine import load_lazy_config, student_only
 from topkd_det.detection.teacher import model_zoo_config_file
+from topkd_det.detection.vitdet import vit_backbone_available
 
 from conftest import REPO, load_tool
 from detection_fixtures import batch
 
-HAS_VIT = hasattr(detectron2.modeling, "ViT")
+HAS_VIT = vit_backbone_available()
 needs_vit = pytest.mark.skipif(not HAS_VIT, reason="this Detectron2 (0.6) has no ViT backbone")
 COCO_CONFIGS = sorted((REPO / "configs/COCO-ViTDet").glob("*.py"))
 EMBEDDED_CONFIGS = sorted((REPO / "configs/embedded").glob("vitdet_*.py"))

@@ -1,7 +1,7 @@
 """ViTDet pair: Cascade Mask R-CNN ViT-L teacher -> Mask R-CNN ViT-B student, on COCO 2017.
 
-Teacher: the ViTDet model zoo's Cascade Mask R-CNN ViT-L, 100 epochs (57.6 box AP). Its stage-1 head,
-trained on the IoU-0.5 RPN proposal distribution the student samples from, scores the student's ROIs.
+Teacher: the ViTDet model zoo's Cascade Mask R-CNN ViT-L, 100 epochs (57.6 box AP). Its stage-0 head (the
+first), trained on the IoU-0.5 RPN proposal distribution the student samples from, scores the student's ROIs.
 Student: Mask R-CNN ViT-B from its MAE init on projects/ViTDet's 100-epoch recipe (configs/common/
 vitdet_100ep.py; the model zoo's ViT-B trained that way alone reaches 51.6 box AP). Both take the
 same RGB images at 1024 px padded to a 1024 square, so the teacher sees exactly the student's input.

@@ -15,12 +15,19 @@ from ..config_io import ConfigError
 DOCS = "docs/vitdet.md"
 
 
-def require_vit_backbone(what: str = "ViTDet") -> None:
-    """Raise ``ConfigError`` (one line naming the official build) unless Detectron2 has the ViT backbone."""
+def vit_backbone_available() -> bool:
+    """Whether the installed Detectron2 has ViTDet's backbone and LR-decay rule (main does, 0.6 not)."""
     try:
         from detectron2.modeling import SimpleFeaturePyramid, ViT  # noqa: F401
         from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def require_vit_backbone(what: str = "ViTDet") -> None:
+    """Raise ``ConfigError`` (one line naming the official build) unless Detectron2 has the ViT backbone."""
+    if not vit_backbone_available():
         import detectron2
 
         raise ConfigError(
