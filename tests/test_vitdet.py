@@ -35,7 +35,7 @@ from topkd_det.detection.teacher import model_zoo_config_file
 from topkd_det.detection.vitdet import vit_backbone_available
 
 from conftest import REPO, load_tool
-from detection_fixtures import batch
+from detection_fixtures import NUM_CLASSES, batch, distill_cfg
 
 HAS_VIT = vit_backbone_available()
 needs_vit = pytest.mark.skipif(not HAS_VIT, reason="this Detectron2 (0.6) has no ViT backbone")
@@ -166,11 +166,12 @@ def test_loading_a_vitdet_config_never_imports_the_model_zoo_module():
 
 
 def _small(cfg: DictConfig) -> None:
-    """Two ViT blocks instead of 12 or 24, so that a test builds a pair in seconds; widths unchanged."""
+    """Two ViT blocks of width 64 instead of 12 or 24 of 768 or 1024, so that a test builds a pair in
+    seconds (test_vitdet_models_and_recipe_are_projects_vitdets_own checks the real sizes)."""
     for model in (cfg.model, cfg.model.teacher.config):
         net = OmegaConf.select(model, "backbone.net")
         if net is not None and "depth" in net:
-            net.depth, net.window_block_indexes = 2, [0]
+            net.update(depth=2, window_block_indexes=[0], embed_dim=64, num_heads=2)
 
 
 @needs_vit
@@ -216,6 +217,31 @@ def test_every_vitdet_pair_builds(monkeypatch, tmp_path, pair, student_family, t
     assert model.teacher.square_size == 1024 and model.teacher.num_classes == model.roi_heads.num_classes == 80
     if input_size:  # the student's largest images, as the teacher sees them
         assert model.teacher.image_size(800, 1333) == (615, 1024)
+
+
+@needs_vit
+def test_a_yacs_student_takes_a_vitdet_teacher_through_its_lazy_config_file(tmp_path):
+    """MODEL.TEACHER.CONFIG_FILE naming a ViTDet model file, shrunk by MODEL.TEACHER.OPTS, at
+    MODEL.TEACHER.INPUT_SIZE: the tiny YAML student trains a step with it."""
+    from detectron2.modeling import build_model
+
+    vit = str(REPO / "configs/common/models/mask_rcnn_vitdet_b.py")
+    # Two blocks of width 64, and a 256 px square instead of 1024 px, for the test's time.
+    opts = ["model.backbone.net.depth=2", "model.backbone.net.window_block_indexes=[0]",
+            "model.backbone.net.embed_dim=64", "model.backbone.net.num_heads=2", "model.backbone.square_pad=256",
+            f"model.roi_heads.num_classes={NUM_CLASSES}"]
+    weights = tmp_path / "vit.pth"
+    torch.save({"model": instantiate(LazyConfig.apply_overrides(LazyConfig.load(vit), opts).model).state_dict()},
+               weights)
+    cfg = distill_cfg(tmp_path, "topkd", teacher=(vit, str(weights)))
+    cfg.MODEL.TEACHER.OPTS = opts
+    cfg.MODEL.TEACHER.INPUT_SIZE = (256, 256)
+    model = build_model(cfg)
+    assert model.teacher.family == "Mask R-CNN" and model.teacher.input_size == (256, 256)
+    assert model.teacher.square_size == 256 and model.teacher.image_size(96, 96) == (256, 256)
+    with EventStorage(0):
+        losses = model.train()(batch(2))
+    assert torch.isfinite(losses["loss_con"]) and torch.isfinite(losses["loss_tdl"])
 
 
 # --- the embedded pair ---------------------------------------------------------------------------------
@@ -278,7 +304,7 @@ def test_distillation_under_cpu_autocast(vit_teacher_weights, teacher_dtype):
     distillation terms and gradients, and the teacher in its own precision, not the student's: a
     float32 teacher's logits are bitwise those it gives outside autocast, a bfloat16 teacher's are not."""
     _, model = _embedded(vit_teacher_weights, f"model.teacher.dtype={teacher_dtype}")
-    teacher, inputs, seen = model.teacher, _batch(), []
+    teacher, inputs, seen = model.teacher, _batch(1), []
     original = teacher.box_logits
 
     def spy(features, boxes, stage):
@@ -326,7 +352,7 @@ def test_embedded_vitdet_pair_trains_offline_teacher_then_student(vit_shapes, tm
     _, names = vit_shapes
     data = [f"dataloader.train.dataset.names={names['train']}", f"dataloader.test.dataset.names={names['val']}",
             "dataloader.train.total_batch_size=2", "train.max_iter=2"]
-    _run_tool("--config-file", REPO / "configs/embedded/vitdet_teacher.py", *data,
+    _run_tool("--config-file", REPO / "configs/embedded/vitdet_teacher.py", *data, "dataloader.test.dataset.names=[]",
               f"train.output_dir={tmp_path / 'teacher'}")
     teacher_weights = tmp_path / "teacher" / "model_final.pth"
     _run_tool("--config-file", EMBEDDED, *data, f"model.teacher.weights={teacher_weights}",
