@@ -2,10 +2,13 @@
 """Training-step cost of distillation in detection, measured side by side in one run, per model family.
 
     python benchmarks/bench_det_step.py                       # embedded configs (CPU-sized), every family
+    python benchmarks/bench_det_step.py --families vitdet     # the embedded ViTDet pair (official Detectron2)
     python benchmarks/bench_det_step.py --pair R101_R18 --device cuda --size 800 --width 1067 --batch 2 \
         --families faster --teacher-dtypes float32 bfloat16 --student-amp off on
 
-For each family (Faster, Mask and Cascade R-CNN; teacher and student of the same family), teacher
+For each family (Faster, Mask and Cascade R-CNN; teacher and student of the same family; "vitdet": the
+embedded ViTDet pair of configs/embedded/vitdet_*.py, a 3-block ViT student and a 6-block ViT teacher,
+whatever --pair says), teacher
 dtype (MODEL.TEACHER.DTYPE) and student precision (Detectron2's AMPTrainer, as SOLVER.AMP.ENABLED
 trains, or its SimpleTrainer), rows interleaved round by round so that machine noise hits all alike:
   student         the student alone: one trainer step (forward, backward, metrics, SGD step)
@@ -34,6 +37,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 from topkd_det.cli import documented_parser  # noqa: E402
 from topkd_det.detection import add_topkd_config  # noqa: E402
+from topkd_det.detection.vitdet import vit_backbone_available  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = {
@@ -50,7 +54,9 @@ FAMILIES = {
                             "MODEL.ROI_MASK_HEAD.CONV_DIM", 128]),
     "cascade": ("Cascade R-CNN", ["MODEL.ROI_HEADS.NAME", "CascadeROIHeads",
                                   "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", True]),
+    "vitdet": ("ViTDet (ViT) Faster R-CNN", None),
 }
+VITDET_CONFIGS = {name: REPO / f"configs/embedded/vitdet_{name}.py" for name in ("student", "teacher", "topkd")}
 
 
 def student_cfg(pair, device, family, teacher_file=None, teacher_weights=None, method="none"):
@@ -84,6 +90,37 @@ def random_teacher(cfg, out_dir: Path):
     config_file.write_text(tcfg.dump())
     torch.save({"model": model.state_dict()}, weights)
     return str(config_file), str(weights)
+
+
+def random_vitdet_teacher(out_dir: Path) -> str:
+    """The embedded ViTDet teacher with random weights (timing does not depend on trained values)."""
+    from detectron2.config import instantiate
+
+    from topkd_det.detection.lazy_engine import load_lazy_config, student_only
+
+    weights = out_dir / "vitdet_teacher.pth"
+    model = instantiate(student_only(load_lazy_config(str(VITDET_CONFIGS["teacher"])).model))
+    torch.save({"model": model.state_dict()}, weights)
+    return str(weights)
+
+
+def vitdet_models(args, teacher_weights, teacher_dtype):
+    """The embedded ViTDet student alone, and with KD and TopKD from its teacher, padded to the
+    benchmark's image size (the configs pad to 128 px squares)."""
+    from detectron2.config import instantiate
+
+    from topkd_det.detection.lazy_engine import load_lazy_config
+
+    pad = [f"model.backbone.square_pad={max(args.size, args.width)}"]
+    student = load_lazy_config(str(VITDET_CONFIGS["student"]), pad + [f"train.device={args.device}"])
+    models = {"student": instantiate(student.model)}
+    for name, method in (("KD", "kd"), ("TopKD", "topkd")):
+        cfg = load_lazy_config(str(VITDET_CONFIGS["topkd"]), pad + [
+            f"model.teacher.config.backbone.square_pad={max(args.size, args.width)}",
+            f"model.teacher.weights={teacher_weights}", f"model.teacher.dtype={teacher_dtype}",
+            f"model.distill_loss.options.method={method}"])
+        models[name] = instantiate(cfg.model)
+    return {name: model.to(args.device) for name, model in models.items()}
 
 
 def batch(n, height, width, num_classes, device, seed=0):
@@ -121,11 +158,14 @@ def trainer_for(model, inputs, amp):
 
 def measure(args, family, teacher_files, teacher_dtype, amp):
     """Median times (s), CUDA peaks (MiB) of the four rows, and the ROIs per image the teacher scores."""
-    models = {"student": build_model(student_cfg(args.pair, args.device, family))}
-    for method in ("kd", "topkd"):
-        cfg = student_cfg(args.pair, args.device, family, *teacher_files, method=method)
-        cfg.MODEL.TEACHER.DTYPE = teacher_dtype
-        models["KD" if method == "kd" else "TopKD"] = build_model(cfg)
+    if family == "vitdet":
+        models = vitdet_models(args, teacher_files, teacher_dtype)
+    else:
+        models = {"student": build_model(student_cfg(args.pair, args.device, family))}
+        for method in ("kd", "topkd"):
+            cfg = student_cfg(args.pair, args.device, family, *teacher_files, method=method)
+            cfg.MODEL.TEACHER.DTYPE = teacher_dtype
+            models["KD" if method == "kd" else "TopKD"] = build_model(cfg)
     num_classes = models["student"].roi_heads.num_classes
     inputs = batch(args.batch, args.size, args.width or args.size, num_classes, args.device)
     trainers = {k: trainer_for(m, inputs, amp) for k, m in models.items()}
@@ -174,7 +214,8 @@ def measure(args, family, teacher_files, teacher_dtype, amp):
 def main():
     p = documented_parser(__doc__, "docs/performance.md", "docs/gpu_measurements.md")
     p.add_argument("--pair", default="embedded", choices=list(PAIRS))
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES),
+                   help="default: all (vitdet only where Detectron2 has the ViT backbone: the official build)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", type=int, default=128, help="image height (the short side)")
     p.add_argument("--width", type=int, default=0, help="image width; 0: square")
@@ -188,6 +229,11 @@ def main():
     args = p.parse_args()
     if "on" in args.student_amp and not args.device.startswith("cuda"):
         p.error("--student-amp on needs --device cuda (Detectron2's AMPTrainer requires CUDA)")
+    if not vit_backbone_available():
+        if "--families" in sys.argv and "vitdet" in args.families:
+            p.error("--families vitdet needs the official Detectron2 (main), whose detectron2.modeling has the ViT "
+                    "backbone (docs/vitdet.md)")
+        args.families = [f for f in args.families if f != "vitdet"]
     torch.manual_seed(0)
 
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
@@ -198,7 +244,8 @@ def main():
     print("\n".join(lines), flush=True)
     for family in args.families:
         with tempfile.TemporaryDirectory() as tmp:
-            teacher_files = random_teacher(student_cfg(args.pair, args.device, family, method="kd"), Path(tmp))
+            teacher_files = (random_vitdet_teacher(Path(tmp)) if family == "vitdet" else
+                             random_teacher(student_cfg(args.pair, args.device, family, method="kd"), Path(tmp)))
             for teacher_dtype, amp in itertools.product(args.teacher_dtypes, args.student_amp):
                 med, peaks, rois = measure(args, family, teacher_files, teacher_dtype, amp == "on")
                 joint = med["student"] + med["teacher fwd"]

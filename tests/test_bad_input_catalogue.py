@@ -220,6 +220,10 @@ DET_CASES = [
          ("config.yaml",)),
     Case("det_max_iter_zero", det("SOLVER.MAX_ITER", "0"), 2, fixed("SOLVER.MAX_ITER must be >= 1"),
          ("config.yaml",)),
+    Case("det_teacher_input_size_one_number", det("MODEL.TEACHER.INPUT_SIZE", "(1024,)"), 2,
+         fixed("MODEL.TEACHER.INPUT_SIZE must be (short_edge, max_size)"), ("config.yaml",)),
+    Case("det_amp_on_the_cpu", det("SOLVER.AMP.ENABLED", "True"), 2,
+         fixed("SOLVER.AMP.ENABLED is on, but MODEL.DEVICE is 'cpu'"), ("config.yaml",)),
     Case("det_truncated_weights", det("MODEL.WEIGHTS", "@truncated_det_weights", config="det_student_yaml"), 2,
          lambda ctx, out: [f"'{ctx['truncated_det_weights']}' is truncated", "download or copy it again"]),
     Case("det_missing_weights", det("MODEL.WEIGHTS", "@missing_file", config="det_student_yaml"), 2,
@@ -230,6 +234,9 @@ DET_CASES = [
     Case("det_resume_every_checkpoint_damaged", det("--resume", prior=True), 2,
          lambda ctx, out: [f"checkpoint {out / 'model_final.pth'} is truncated", "no readable checkpoint"]),
 ]
+
+
+NO_LAZY_DATA = ("dataloader.train.dataset.names=[]", "dataloader.test.dataset.names=[]")
 
 
 def lazy(*overrides):
@@ -246,6 +253,11 @@ LAZY_CASES = [
          fixed("model.distill_loss.options.topkd.k=12 is invalid for C=25"), ("config.yaml",)),
     Case("lazy_negative_temperature", lazy("model.distill_loss.options.topkd.temperature=-0.2"), 2,
          fixed("model.distill_loss.options.topkd.temperature must be > 0"), ("config.yaml",)),
+    # No data named: these checks come after the datasets', and a fresh clone has no synthetic data.
+    Case("lazy_teacher_input_size_zero", lazy("model.teacher.input_size=[0,1024]", *NO_LAZY_DATA), 2,
+         fixed("model.teacher.input_size must be (short_edge, max_size)"), ("config.yaml",)),
+    Case("lazy_amp_on_the_cpu", lazy("train.amp.enabled=True", *NO_LAZY_DATA), 2,
+         fixed("train.amp.enabled is on, but train.device is 'cpu'"), ("config.yaml",)),
 ]
 
 

@@ -1,7 +1,7 @@
 """The CUDA paths: losses and their gradients on the GPU against the CPU, no host sync in any loss, autocast
 around the losses, the classification step under bf16 and fp16 AMP, the fast path's CUDA graph against
-the DataLoader path, and DistillRCNN with a bf16 teacher and Detectron2's AMPTrainer. Skipped without a
-GPU (CI); benchmarks/gpu_suite.sh runs them on one."""
+the DataLoader path, and DistillRCNN (the tiny R-CNN, and the embedded ViTDet pair) with a bf16 teacher
+and Detectron2's AMPTrainer. Skipped without a GPU (CI); benchmarks/gpu_suite.sh runs them on one."""
 import contextlib
 
 import pytest
@@ -15,8 +15,10 @@ from topkd_det.classification.distiller import Distiller
 from topkd_det.classification.engine import Trainer, TrainStep
 from topkd_det.classification.models import build_model as build_cls_model
 from topkd_det.core import build_loss
+from topkd_det.detection.vitdet import vit_backbone_available
 
 from cls_fixtures import fashion_dir, killed_after_first_checkpoint_then_resumed, tiny_cfg
+from conftest import REPO
 from detection_fixtures import batch, distill_cfg, write_teacher
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -233,3 +235,34 @@ def test_distill_rcnn_trains_with_detectron2s_amp_trainer(tmp_path, teacher_file
     latest = storage.latest()
     assert {"loss_con", "loss_tdl"} <= set(latest)
     assert all(torch.isfinite(torch.tensor(v)) for v, _ in latest.values())
+
+
+@pytest.mark.skipif(not vit_backbone_available(), reason="this Detectron2 (0.6) has no ViT backbone")
+def test_embedded_vitdet_pair_trains_with_detectron2s_amp_trainer(tmp_path):
+    """ViTDet's recipe (train.amp.enabled): the tiny ViTDet student in float16 under AMPTrainer with its
+    layer-wise LR decay AdamW, the teacher in float32, finite losses, the student's weights moved."""
+    from detectron2.config import instantiate
+
+    from topkd_det.detection.lazy_engine import load_lazy_config, student_only
+
+    teacher_cfg = load_lazy_config(str(REPO / "configs/embedded/vitdet_teacher.py"))
+    weights = tmp_path / "teacher.pth"
+    torch.save({"model": instantiate(student_only(teacher_cfg.model)).state_dict()}, weights)
+    cfg = load_lazy_config(str(REPO / "configs/embedded/vitdet_topkd.py"), [f"model.teacher.weights={weights}"])
+    model = instantiate(cfg.model).to(CUDA)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    inputs = [dict(x, image=x["image"].to(CUDA)) for x in batch(2, size=128)]
+    for x in inputs:
+        x["instances"].gt_classes %= model.roi_heads.num_classes
+    trainer = AMPTrainer(model, iter([inputs] * 20), optimizer)
+    with EventStorage(0) as storage:
+        for _ in range(20):  # the grad scaler skips the first updates while it finds its scale
+            trainer.run_step()
+            storage.step()
+    latest = storage.latest()
+    assert {"loss_con", "loss_tdl", "loss_cls"} <= set(latest)
+    assert all(torch.isfinite(torch.tensor(v)) for v, _ in latest.values())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert all(p.dtype == torch.float32 and not p.requires_grad for p in model.teacher.model.parameters())

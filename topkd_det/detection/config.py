@@ -27,6 +27,10 @@ def add_topkd_config(cfg: CN) -> None:
     # Distill from a teacher whose known class names or order differ from the student's data
     # (class_names.py); off, such a teacher is refused before anything is built.
     cfg.MODEL.TEACHER.ALLOW_OTHER_CLASSES = False
+    # (short_edge, max_size): the teacher sees each student image resized as ResizeShortestEdge
+    # would resize it, and the student's boxes scaled alike; empty: the student's images as they are.
+    # E.g. (1024, 1024) for a ViTDet teacher (trained at 1024, padded to a 1024 square).
+    cfg.MODEL.TEACHER.INPUT_SIZE = ()
 
     # COCO-format datasets to register before anything is built: [[name, json_file, image_root], ...].
     # DATASETS.TRAIN/TEST may then name them; being part of the dumped config.yaml, they need not be

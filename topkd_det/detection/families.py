@@ -26,8 +26,11 @@ from typing import Callable, Dict, List, Sequence
 
 from torch import nn
 
+from detectron2.config import CfgNode
 from detectron2.modeling import GeneralizedRCNN
 from detectron2.modeling.roi_heads import CascadeROIHeads, FastRCNNOutputLayers, StandardROIHeads
+
+from ..config_io import ConfigError
 
 SUPPORTED = ("Faster R-CNN and Mask R-CNN (StandardROIHeads) and Cascade R-CNN and Cascade Mask R-CNN "
              "(CascadeROIHeads): a GeneralizedRCNN with FastRCNNOutputLayers box predictors trained with "
@@ -115,3 +118,23 @@ def pair_stages(student: Sequence[BoxStage], teacher: Sequence[BoxStage]) -> Lis
         f"a Cascade teacher with {m} stages cannot score the stages of a Cascade student with {n}: stage k's "
         "proposals are matched at stage k's IoU, so the stages pair one to one. Give both the same "
         "MODEL.ROI_BOX_CASCADE_HEAD.IOUS, or use a Faster/Mask R-CNN teacher (its head scores every stage)")
+
+
+def check_family_config(cfg: CfgNode, whose: str = "", fix: str = "") -> None:
+    """What Detectron2's Cascade R-CNN asserts of its config, as a ``ConfigError`` naming the key.
+    ``whose`` ("the teacher's ") and ``fix`` (where its keys are set) word it for a teacher's config."""
+    if cfg.MODEL.ROI_HEADS.NAME != "CascadeROIHeads":
+        return
+    where = f"; {fix}" if fix else ""
+    if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
+        raise ConfigError(f"{whose}MODEL.ROI_HEADS.NAME is CascadeROIHeads, which needs "
+                          f"{whose}MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True (each stage refines one box per "
+                          f"proposal, not one per class){where}")
+    ious, weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS, cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
+    if len(ious) != len(weights):
+        raise ConfigError(f"{whose}MODEL.ROI_BOX_CASCADE_HEAD.IOUS has {len(ious)} stages but BBOX_REG_WEIGHTS has "
+                          f"{len(weights)}: give one weight tuple per stage{where}")
+    if ious[0] != cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]:
+        raise ConfigError(f"{whose}MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0] is {ious[0]} but "
+                          f"{whose}MODEL.ROI_HEADS.IOU_THRESHOLDS[0] is {cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]}: "
+                          f"Cascade R-CNN's first stage matches at the ROI heads' threshold, so make them equal{where}")

@@ -47,8 +47,10 @@ from .meta_arch import DistillRCNN, build_distill_loss
 from .replicas import ReplicaSync, ddp_kwargs, insert_before_readers
 from .resume import (PROCESSES, ContinuingSampler, DeferredLoader, peek_checkpoint, resume_from,
                      rewrite_unreadable_final, stored_fingerprint, teacher_digest)
-from .teacher import LAZY_KEYS, build_teacher, check_dtype, check_teacher_cfg, resolve_config_path, yacs_teacher_cfg
+from .teacher import (LAZY_KEYS, build_teacher, check_dtype, check_input_size, check_teacher_cfg, resolve_config_path,
+                      yacs_teacher_cfg)
 from .tool import DATA_CHECK_SUMMARY, check_batch_split
+from .validation import check_amp_device
 
 logger = logging.getLogger(__name__)
 _ABSENT = object()
@@ -96,6 +98,8 @@ def load_lazy_config(config_file: str, opts: Sequence[str] = ()) -> DictConfig:
     resolve_config_path(config_file, "--config-file")
     try:
         cfg = LazyConfig.load(config_file)
+    except ConfigError as err:  # the config's own check (e.g. a ViTDet config on Detectron2 0.6)
+        raise ConfigError(f"{config_file}: {err}") from None
     except Exception as err:  # a config file is arbitrary Python
         raise ConfigError(f"{config_file}: cannot be loaded as a LazyConfig ({type(err).__name__}: {err})") from None
     missing = [k for k in ("model", "dataloader", "train") if k not in cfg]
@@ -173,15 +177,24 @@ def check_cascade(cfg: DictConfig) -> None:
 
 
 def check_teacher(cfg: DictConfig) -> None:
-    """A ``build_teacher`` node's dtype and (YAML) config, and its class names where known
-    (``class_names.py``), checked before anything is built. Its weights are checked when it is built:
+    """A ``build_teacher`` node's dtype, input size and config (a YAML file, or a lazy model node: its
+    class count), and its class names where known (``class_names.py``), checked before anything is
+    built. Its weights are checked when it is built:
     ``--eval-only`` builds no teacher."""
     teacher = cfg.model.get("teacher") if _target(cfg.model) is DistillRCNN else None
     if _target(teacher) is not build_teacher:
         return
     check_dtype(teacher.get("dtype", "float32"), LAZY_KEYS)
+    check_input_size(teacher.get("input_size"), LAZY_KEYS)
     config = teacher.get("config")
     teacher_cfg = None
+    student_count = OmegaConf.select(cfg, "model.roi_heads.num_classes", default=None)
+    teacher_count = OmegaConf.select(config, "roi_heads.num_classes", default=None) if isinstance(
+        config, DictConfig) else None
+    if isinstance(teacher_count, int) and isinstance(student_count, int) and teacher_count != student_count:
+        raise ConfigError(f"the teacher has {teacher_count} classes (model.teacher.config.roi_heads.num_classes) but "
+                          f"the student's model.roi_heads.num_classes is {student_count}; distillation needs one "
+                          "label space: set one of them")
     if isinstance(config, str) and not resolve_config_path(config, LAZY_KEYS.config).endswith(".py"):
         teacher_cfg = yacs_teacher_cfg(config, list(teacher.get("opts", [])), keys=LAZY_KEYS)
         check_teacher_cfg(teacher_cfg, cfg.model.roi_heads.num_classes, "model.roi_heads.num_classes", LAZY_KEYS)
@@ -216,6 +229,8 @@ def check(config_file: str, opts: Sequence[str], args=None, world_size: int = 1)
                             "train.output_dir", args.resume)
     else:
         check_teacher(cfg)
+        check_amp_device(OmegaConf.select(cfg, "train.amp.enabled", default=False), cfg.train.device,
+                         "train.amp.enabled", "train.device")
     if args is not None and not eval_only:
         check_world_size(cfg, world_size)
         if args.resume:

@@ -57,7 +57,7 @@ class StageDistiller:
         if self.step.teacher_features is None:
             raise RuntimeError("a distilling box predictor computed its losses outside DistillRCNN's training "
                                "forward, where there are no teacher features to distill from")
-        boxes = [p.proposal_boxes for p in proposals]
+        boxes = self.teacher.teacher_boxes(proposals)
         teacher_logits = self.teacher.box_logits(self.step.teacher_features, boxes, self.teacher_stage)
         labels = torch.cat([p.gt_classes for p in proposals])
         # Each image's ROI count, known on the host: image scope contrasts per-image blocks without a sync.

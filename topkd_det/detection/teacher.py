@@ -1,18 +1,20 @@
 """A frozen Detectron2 teacher that scores given ROIs with its box heads, and nothing else."""
 import importlib.util
 import os
+from collections import abc
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, LazyConfig, get_cfg, instantiate
+from detectron2.data.transforms import ResizeShortestEdge
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes
+from detectron2.structures import Boxes, Instances
 
 from ..config_io import ConfigError, merge_config
-from .families import SUPPORTED, family_name, teacher_stages
-from .validation import check_family_config
+from .families import SUPPORTED, check_family_config, family_name, teacher_stages
 
 ZOO_PREFIX = "zoo:"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,10 +50,12 @@ class TeacherKeys:
     weights: str = "MODEL.TEACHER.WEIGHTS"
     dtype: str = "MODEL.TEACHER.DTYPE"
     opts: str = "MODEL.TEACHER.OPTS"
+    input_size: str = "MODEL.TEACHER.INPUT_SIZE"
 
 
 YACS_KEYS = TeacherKeys()
-LAZY_KEYS = TeacherKeys("model.teacher.config", "model.teacher.weights", "model.teacher.dtype", "model.teacher.opts")
+LAZY_KEYS = TeacherKeys("model.teacher.config", "model.teacher.weights", "model.teacher.dtype", "model.teacher.opts",
+                        "model.teacher.input_size")
 
 
 def resolve_config_path(path: str, key: str) -> str:
@@ -171,6 +175,22 @@ def check_dtype(dtype: str, keys: TeacherKeys) -> torch.dtype:
     return _DTYPES[dtype]
 
 
+def check_input_size(input_size, keys: TeacherKeys) -> Optional[Tuple[int, int]]:
+    """``(short_edge, max_size)`` as ``ResizeShortestEdge`` takes them, or None (empty or None given):
+    the teacher sees the student's images as they are."""
+    if input_size is None:
+        return None
+    values = tuple(input_size) if isinstance(input_size, abc.Sequence) and not isinstance(input_size, str) else (
+        input_size,)
+    if not values:
+        return None
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
+        raise ConfigError(f"{keys.input_size} must be (short_edge, max_size), two positive integers as "
+                          "ResizeShortestEdge takes them (e.g. (1024, 1024) for a ViTDet teacher), or empty for the "
+                          f"student's images as they are; got {input_size!r}")
+    return values
+
+
 def _lazy_teacher_model(path: str, opts: Sequence[str], keys: TeacherKeys) -> torch.nn.Module:
     """``model`` of a LazyConfig file, with ``key=value`` overrides, instantiated."""
     try:
@@ -184,7 +204,8 @@ def _lazy_teacher_model(path: str, opts: Sequence[str], keys: TeacherKeys) -> to
 
 
 def build_teacher(config: Union[str, torch.nn.Module], weights: str, dtype: str = "float32", opts: Sequence = (),
-                  device: str = "cpu", keys: TeacherKeys = LAZY_KEYS) -> "FrozenTeacher":
+                  device: str = "cpu", keys: TeacherKeys = LAZY_KEYS,
+                  input_size: Optional[Sequence[int]] = None) -> "FrozenTeacher":
     """A frozen teacher from a config file or a built model, and its weights, loaded strictly.
 
     ``config`` is a YAML config (its ``opts`` are ``KEY VALUE`` pairs), a LazyConfig ``.py`` file
@@ -194,8 +215,10 @@ def build_teacher(config: Union[str, torch.nn.Module], weights: str, dtype: str 
     (``L(build_teacher)(config=..., weights=...)``); yacs configs go through ``from_student_cfg``.
     A teacher built here from a file leaves the global RNGs as they were (a model passed in was built
     by its caller).
+    ``input_size``: see ``FrozenTeacher``.
     """
     check_dtype(dtype, keys)
+    check_input_size(input_size, keys)
     check_weights_path(weights, keys)
     if isinstance(config, torch.nn.Module):
         model = config.to(device)
@@ -210,7 +233,7 @@ def build_teacher(config: Union[str, torch.nn.Module], weights: str, dtype: str 
                 model = _lazy_teacher_model(resolve_config_path(config, keys.config), opts, keys).to(device)
             else:
                 model = build_model(yacs_teacher_cfg(config, opts, weights, device, keys))
-    teacher = FrozenTeacher(model, dtype, keys)
+    teacher = FrozenTeacher(model, dtype, keys, input_size)
     load_teacher_weights(model, weights, keys)
     return teacher
 
@@ -221,18 +244,36 @@ class FrozenTeacher:
 
     Not an ``nn.Module`` on purpose: the student's checkpoints, optimizer and DDP wrapper never see
     the teacher, so a saved model is a plain student (resume rebuilds the teacher from its weights).
+
+    It sees the student's images (after the student's data augmentation), in its own channel order,
+    normalised and padded as its own ``preprocess_image`` does (a ViTDet backbone pads to a square).
+    With ``input_size = (short_edge, max_size)`` it sees each of them resized as
+    ``ResizeShortestEdge(short_edge, max_size)`` would resize it (bilinear, antialiased), for a
+    teacher trained at another scale than the student, and the student's proposal boxes are scaled by
+    the same per-axis factors (``teacher_boxes``), so that its ROI logits still score the student's
+    boxes row by row.
     """
 
-    def __init__(self, model: torch.nn.Module, dtype: str = "float32", keys: TeacherKeys = YACS_KEYS):
+    def __init__(self, model: torch.nn.Module, dtype: str = "float32", keys: TeacherKeys = YACS_KEYS,
+                 input_size: Optional[Sequence[int]] = None):
         self.dtype = check_dtype(dtype, keys)
+        self.input_size = check_input_size(input_size, keys)
+        self.keys = keys
         self.stages = teacher_stages(model)
         self.model = model.eval().requires_grad_(False)
         self.flip_channels = False
+        # Backbone.padding_constraints is Detectron2 main's (0.6 has none, and no square padding).
+        self.square_size = int(getattr(model.backbone, "padding_constraints", {}).get("square_size", 0) or 0)
+        if self.input_size and self.square_size and self.input_size[1] > self.square_size:
+            raise ConfigError(f"{keys.input_size} {self.input_size} resizes images to a longer side of up to "
+                              f"{self.input_size[1]} px, but the teacher pads them to a {self.square_size} px square "
+                              f"(its backbone's square_pad): give a max_size of at most {self.square_size}")
 
     @classmethod
     def from_student_cfg(cls, student_cfg: CfgNode) -> "FrozenTeacher":
         t = student_cfg.MODEL.TEACHER
-        return build_teacher(t.CONFIG_FILE, t.WEIGHTS, t.DTYPE, t.OPTS, student_cfg.MODEL.DEVICE, YACS_KEYS)
+        return build_teacher(t.CONFIG_FILE, t.WEIGHTS, t.DTYPE, t.OPTS, student_cfg.MODEL.DEVICE, YACS_KEYS,
+                             t.INPUT_SIZE)
 
     @property
     def num_classes(self) -> int:
@@ -259,13 +300,49 @@ class FrozenTeacher:
             return torch.autocast(device_type=device_type, enabled=False)
         return torch.autocast(device_type=device_type, dtype=self.dtype)
 
+    def image_size(self, height: int, width: int) -> Tuple[int, int]:
+        """The size at which the teacher sees a student image of ``height`` x ``width``."""
+        if self.input_size is None:
+            return height, width
+        return tuple(ResizeShortestEdge.get_output_shape(height, width, *self.input_size))
+
+    def _image(self, image: torch.Tensor) -> torch.Tensor:
+        """One student image as the teacher takes it, before its own normalisation and padding."""
+        image = image.to(self.model.device)
+        if self.flip_channels:
+            image = image.flip(0)
+        height, width = image.shape[-2:]
+        size = self.image_size(height, width)
+        if size != (height, width):
+            image = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False,
+                                  antialias=True)[0]
+        if self.square_size and max(size) > self.square_size:
+            raise ConfigError(
+                f"the teacher pads its images to a {self.square_size} px square (its backbone's square_pad) but was "
+                f"given a {size[0]}x{size[1]} image: set {self.keys.input_size} to ({self.square_size}, "
+                f"{self.square_size}), so that it sees every image resized to fit, as its own test-time resize does")
+        return image
+
+    def teacher_boxes(self, proposals: List[Instances]) -> List[Boxes]:
+        """The proposal boxes of the student's images in the coordinates of the images the teacher sees."""
+        boxes = []
+        for p in proposals:
+            height, width = p.image_size
+            new_height, new_width = self.image_size(height, width)
+            if (new_height, new_width) == (height, width):
+                boxes.append(p.proposal_boxes)
+                continue
+            sx, sy = new_width / width, new_height / height
+            tensor = p.proposal_boxes.tensor
+            boxes.append(Boxes(tensor * tensor.new_tensor([sx, sy, sx, sy])))
+        return boxes
+
     @torch.no_grad()
     def features(self, batched_inputs: List[Dict]) -> List[torch.Tensor]:
         """The teacher's box-head input features for the images of ``batched_inputs`` (the student's
-        resized inputs), preprocessed with the teacher's own pixel mean, std and padding."""
-        if self.flip_channels:
-            batched_inputs = [{"image": x["image"].flip(0)} for x in batched_inputs]
-        images = self.model.preprocess_image(batched_inputs)
+        resized inputs), as the teacher sees them (``image_size``), preprocessed with the teacher's own
+        pixel mean, std and padding."""
+        images = self.model.preprocess_image([{"image": self._image(x["image"])} for x in batched_inputs])
         with self._autocast():
             features = self.model.backbone(images.tensor)
         return [features[f] for f in self.model.roi_heads.box_in_features]

@@ -4,6 +4,8 @@ from detectron2.config import CfgNode
 
 from ..config_io import ConfigError
 from ..core import LossOptionError, build_loss
+from .families import check_family_config
+from .teacher import YACS_KEYS, check_input_size
 
 DISTILL_PREFIX = "MODEL.DISTILL"
 TEACHER_DTYPES = ("float32", "bfloat16", "float16")
@@ -12,10 +14,17 @@ _SOLVER_RANGES = (("MAX_ITER", 1, False), ("IMS_PER_BATCH", 1, False), ("CHECKPO
                   ("BASE_LR", 0, True))
 
 
+def check_amp_device(enabled: bool, device: str, amp_key: str, device_key: str) -> None:
+    """Detectron2's ``AMPTrainer`` asserts CUDA at its first step; refused here, before any work."""
+    if enabled and not str(device).startswith("cuda"):
+        raise ConfigError(f"{amp_key} is on, but {device_key} is {device!r}: Detectron2's AMPTrainer trains on CUDA "
+                          f"only; turn {amp_key} off to train on the CPU")
+
+
 def check_distill_config(cfg: CfgNode) -> None:
     """Raise ``ConfigError`` naming the key: every ``MODEL.DISTILL`` knob (type, range, K against the
-    class count), ``MODEL.TEACHER.DTYPE``, the solver's lengths, ``DATASETS.MAX_BAD_BOX_FRACTION``
-    and what Cascade R-CNN asserts."""
+    class count), ``MODEL.TEACHER.DTYPE`` and ``INPUT_SIZE``, the solver's lengths, AMP's device,
+    ``DATASETS.MAX_BAD_BOX_FRACTION`` and what Cascade R-CNN asserts."""
     num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     try:
         # Detection logits have a background column: C = NUM_CLASSES + 1.
@@ -29,6 +38,8 @@ def check_distill_config(cfg: CfgNode) -> None:
     if cfg.MODEL.TEACHER.DTYPE not in TEACHER_DTYPES:
         raise ConfigError(f"MODEL.TEACHER.DTYPE must be one of {', '.join(TEACHER_DTYPES)}; "
                           f"got {cfg.MODEL.TEACHER.DTYPE!r}")
+    check_input_size(cfg.MODEL.TEACHER.INPUT_SIZE, YACS_KEYS)
+    check_amp_device(cfg.SOLVER.AMP.ENABLED, cfg.MODEL.DEVICE, "SOLVER.AMP.ENABLED", "MODEL.DEVICE")
     for key, lowest, strict in _SOLVER_RANGES:
         value = cfg.SOLVER[key]
         if value < lowest or (strict and value == lowest):
@@ -42,23 +53,3 @@ def check_distill_config(cfg: CfgNode) -> None:
     if not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"DATASETS.MAX_BAD_BOX_FRACTION must be in [0, 1] (a fraction of the boxes), got {fraction}")
     check_family_config(cfg)
-
-
-def check_family_config(cfg: CfgNode, whose: str = "", fix: str = "") -> None:
-    """What Detectron2's Cascade R-CNN asserts of its config, as a ``ConfigError`` naming the key.
-    ``whose`` ("the teacher's ") and ``fix`` (where its keys are set) word it for a teacher's config."""
-    if cfg.MODEL.ROI_HEADS.NAME != "CascadeROIHeads":
-        return
-    where = f"; {fix}" if fix else ""
-    if not cfg.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG:
-        raise ConfigError(f"{whose}MODEL.ROI_HEADS.NAME is CascadeROIHeads, which needs "
-                          f"{whose}MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True (each stage refines one box per "
-                          f"proposal, not one per class){where}")
-    ious, weights = cfg.MODEL.ROI_BOX_CASCADE_HEAD.IOUS, cfg.MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS
-    if len(ious) != len(weights):
-        raise ConfigError(f"{whose}MODEL.ROI_BOX_CASCADE_HEAD.IOUS has {len(ious)} stages but BBOX_REG_WEIGHTS has "
-                          f"{len(weights)}: give one weight tuple per stage{where}")
-    if ious[0] != cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]:
-        raise ConfigError(f"{whose}MODEL.ROI_BOX_CASCADE_HEAD.IOUS[0] is {ious[0]} but "
-                          f"{whose}MODEL.ROI_HEADS.IOU_THRESHOLDS[0] is {cfg.MODEL.ROI_HEADS.IOU_THRESHOLDS[0]}: "
-                          f"Cascade R-CNN's first stage matches at the ROI heads' threshold, so make them equal{where}")

@@ -1,0 +1,16 @@
+"""KD (Hinton) on per-ROI class logits, as kd_mask_R101_R50.yaml.
+Cascade Mask R-CNN ViT-L teacher -> Mask R-CNN ViT-B student (pair_cascade_L_mask_B.py).
+
+    python tools/lazyconfig_train_net.py --config-file configs/COCO-ViTDet/kd_cascade_L_mask_B.py --num-gpus 8
+"""
+from detectron2.config import LazyCall as L
+
+from topkd_det.detection import build_distill_loss
+
+from .pair_cascade_L_mask_B import dataloader, lr_multiplier, model, optimizer, train
+
+model.distill_loss = L(build_distill_loss)(
+    options=dict(method="kd", kd=dict(temperature=1.0, weight=1.0)),
+    num_classes="${..roi_heads.num_classes}",
+)
+train.output_dir = "output/coco/kd_cascade_L_mask_B"

@@ -1,0 +1,16 @@
+"""KD (Hinton) on per-ROI class logits, as kd_mask_R101_R50.yaml.
+Mask R-CNN ViT-B teacher -> Mask R-CNN R50-FPN student (pair_mask_B_mask_R50.py).
+
+    python tools/lazyconfig_train_net.py --config-file configs/COCO-ViTDet/kd_mask_B_mask_R50.py --num-gpus 8
+"""
+from detectron2.config import LazyCall as L
+
+from topkd_det.detection import build_distill_loss
+
+from .pair_mask_B_mask_R50 import dataloader, lr_multiplier, model, optimizer, train
+
+model.distill_loss = L(build_distill_loss)(
+    options=dict(method="kd", kd=dict(temperature=1.0, weight=1.0)),
+    num_classes="${..roi_heads.num_classes}",
+)
+train.output_dir = "output/coco/kd_mask_B_mask_R50"
