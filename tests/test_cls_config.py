@@ -22,8 +22,10 @@ def test_configs_are_shipped_for_every_table():
             assert f"cifar100/{pair}/{method}.yaml" in names
     for pair in ("resnet34_resnet18", "resnet50_MobileNetV1"):
         assert f"imagenet/{pair}/topkd.yaml" in names
-    plugins = [n for n in names if "/plugin/" in n]
+    plugins = [n for n in names if n.startswith("cifar100/") and "/plugin/" in n]
     assert len(plugins) == 8 * 3
+    for method in ("kd", "dkd"):
+        assert f"fashion_mnist/plugin/{method}_tsm_tdl.yaml" in names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.relative_to(REPO / "configs").as_posix())

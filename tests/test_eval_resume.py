@@ -19,7 +19,7 @@ from topkd_det.data.synthetic_coco import SyntheticConfig, generate
 from topkd_det.detection import device
 from topkd_det.detection.config import load_config
 from topkd_det.detection.datasets import register_synthetic
-from topkd_det.detection.lazy_engine import setup as lazy_setup
+from topkd_det.detection.lazy_engine import check as lazy_check
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 train_net = load_tool("train_net")
@@ -132,7 +132,7 @@ def test_cuda_without_a_gpu_and_a_bad_device_are_config_errors(monkeypatch, tmp_
     with pytest.raises(ConfigError, match=r"MODEL.DEVICE is 'cuda:1', but PyTorch sees no CUDA GPU"):
         device.resolve_device("cuda:1", "MODEL.DEVICE")
     with pytest.raises(ConfigError, match=r"train.device must be a device name"):
-        lazy_setup(str(REPO / "configs/embedded/topkd.py"), ["train.device=''", "dataloader.train.dataset.names=[]",
+        lazy_check(str(REPO / "configs/embedded/topkd.py"), ["train.device=''", "dataloader.train.dataset.names=[]",
                                                              "dataloader.test.dataset.names=[]"])
 
 

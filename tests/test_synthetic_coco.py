@@ -61,7 +61,7 @@ def test_annotations_are_well_formed_coco(dataset):
         assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
         for img in coco["images"]:
             pixels = cv2.imread(str(image_root(dataset, split) / img["file_name"]))
-            assert pixels.shape == (img["height"], img["width"], 3) == (128, 128, 3)
+            assert pixels.shape == (img["height"], img["width"], 3) == (SMALL.image_size, SMALL.image_size, 3)
         for ann in coco["annotations"]:
             img = images[ann["image_id"]]
             x, y, w, h = ann["bbox"]
