@@ -28,6 +28,7 @@ from run_fixtures import det_config
 from topkd_det.data.synthetic_coco import SyntheticConfig, generate, json_path
 from topkd_det.detection import engine, tool
 from topkd_det.detection.config import load_config
+from topkd_det.detection.evaluation import eval_folder
 
 pytestmark = pytest.mark.timeout(900)  # a hang guard only: a quiet 2-core machine runs each test in under a minute
 several_cpu_workers = pytest.mark.skipif(not tool.launch_starts_cpu_workers(),
@@ -283,9 +284,10 @@ def test_torchrun_trains_the_run_of_launch(whole):
 
 
 def _ap_and_predictions(out: Path):
-    log = (out / "log.txt").read_text()
+    evaluation = Path(eval_folder(str(out)))  # --eval-only writes its log there, never over the run's own
+    log = (evaluation / "log.txt").read_text()
     copypaste = [line.split("copypaste: ")[1] for line in log.splitlines() if "copypaste: " in line]
-    predictions = json.loads((out / "inference" / TEST / "coco_instances_results.json").read_text())
+    predictions = json.loads((evaluation / TEST / "coco_instances_results.json").read_text())
     key = lambda p: (p["image_id"], p["category_id"], -p["score"], p["bbox"])  # noqa: E731
     return copypaste[-1], sorted(predictions, key=key)
 
