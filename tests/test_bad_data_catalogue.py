@@ -97,6 +97,13 @@ CASES = [
     Case("image_without_height", with_json("image id 2 has no 'height'"), damage=set_image(1, height=None)),
     Case("image_without_width", with_json("image id 1 has no 'width'"), damage=set_image(0, width=None)),
     Case("image_with_zero_width", with_json("image id 4 has width 0"), damage=set_image(3, width=0)),
+    Case("image_without_file_name", with_json("image id 3 has no 'file_name'"), damage=set_image(2, file_name=None)),
+    Case("image_without_id", with_json("'images'[1] has no 'id'"), damage=set_image(1, id=None)),
+    Case("duplicate_image_id", with_json("image id 1 appears twice in 'images'"), damage=set_image(1, id=1)),
+    Case("duplicate_category_id", with_json("category id 3 appears twice in 'categories'"),
+         damage=lambda data: data["categories"][1].update(id=3)),
+    Case("annotation_without_id", with_json("'annotations'[4] has no 'id'"),
+         damage=lambda data: data["annotations"][4].pop("id")),
     Case("unknown_category_id", with_json("annotation id 5 has category_id 99", "its ids: 3, 6, 7"),
          damage=set_annotations([4], category_id=99)),
     Case("annotation_on_unknown_image", with_json("annotation id 3 has image_id 999, which 'images' does not list"),
@@ -150,8 +157,13 @@ CASES = [
                "set dataloader.train.mapper.use_instance_mask=True"),
          yaml=None, lazy=("dataloader.train.mapper.use_instance_mask=False",), lazy_config="mask"),
     Case("keypoint_head_without_keypoints",
-         with_json("MODEL.KEYPOINT_ON is set, but 18 of its 18 annotations have no keypoints"),
-         yaml=("MODEL.KEYPOINT_ON", "True"), lazy=None),
+         with_json(on_both("MODEL.KEYPOINT_ON is set", "model.roi_heads.keypoint_head is set"),
+                   "18 of its 18 annotations have no keypoints"),
+         yaml=("MODEL.KEYPOINT_ON", "True"), lazy=(), lazy_config="keypoint"),
+    Case("lazy_keypoint_head_without_keypoint_targets",
+         fixed("model.roi_heads has a keypoint head but dataloader.train.mapper.use_keypoint is False",
+               "set dataloader.train.mapper.use_keypoint=True"),
+         yaml=None, lazy=("dataloader.train.mapper.use_keypoint=False",), lazy_config="keypoint"),
     Case("cascade_without_class_agnostic_boxes",
          fixed(on_both("MODEL.ROI_HEADS.NAME is CascadeROIHeads, which needs MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG "
                        "True", "model.roi_heads.box_predictors.0.cls_agnostic_bbox_reg=True")),
@@ -169,10 +181,13 @@ CASES = [
     Case("cascade_teacher_without_class_agnostic_boxes",
          fixed("the teacher's MODEL.ROI_HEADS.NAME is CascadeROIHeads, which needs the teacher's "
                "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG True",
-               "set it in MODEL.TEACHER.CONFIG_FILE or with MODEL.TEACHER.OPTS"),
+               on_both("set it in MODEL.TEACHER.CONFIG_FILE or with MODEL.TEACHER.OPTS",
+                       "set it in model.teacher.config or with model.teacher.opts")),
          yaml=("MODEL.TEACHER.OPTS",
                "['MODEL.ROI_HEADS.NUM_CLASSES', 3, 'MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG', False]",
-               "MODEL.DISTILL.TOPKD.K", "1"), yaml_config="configs/embedded/cascade_topkd.yaml", lazy=None),
+               "MODEL.DISTILL.TOPKD.K", "1"), yaml_config="configs/embedded/cascade_topkd.yaml",
+         lazy=("model.teacher.config=configs/embedded/cascade_teacher.yaml",
+               f"model.teacher.opts=[{','.join(TEACHER_OPTS)},MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG,False]")),
     Case("test_set_with_other_class_names",
          lambda tool, p: [on_both("DATASETS.TEST", "dataloader.test.dataset.names")(tool),
                           f"dataset {p['test_name']!r} has the classes [bar, square, post] (3)",
@@ -212,6 +227,13 @@ _mask = LazyConfig.load(model_zoo_config_file("common/models/mask_rcnn_fpn.py"),
 for _key in ("mask_in_features", "mask_pooler", "mask_head"):
     model.roi_heads[_key] = _mask.roi_heads[_key]
 dataloader.train.mapper.use_instance_mask = True
+""",
+    # Detectron2's common keypoint head on the embedded student, with keypoint targets loaded.
+    "keypoint": """
+_keypoint = LazyConfig.load(model_zoo_config_file("common/models/keypoint_rcnn_fpn.py"), "model")
+for _key in ("keypoint_in_features", "keypoint_pooler", "keypoint_head"):
+    model.roi_heads[_key] = _keypoint.roi_heads[_key]
+dataloader.train.mapper.use_keypoint = True
 """,
     # Detectron2's common Cascade (Mask) R-CNN heads on the embedded student.
     "cascade": """

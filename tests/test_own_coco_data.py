@@ -1,6 +1,7 @@
 """A user's own COCO-format data through tools/train_net.py only: registration from the config,
 the teacher's OPTS, the class-count check, and bad input that fails before any work."""
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -266,8 +267,22 @@ def test_a_teacher_of_other_class_names_distills_when_accepted(tool_name, accept
                              lambda data: data["categories"][0].update(name="box"))
     _, argv = _student_argv(tool_name, (json_file, own_data["train"][1]), tmp_path / "run", own_teacher)
     steps = StepCounter(monkeypatch)
-    load_tool(tool_name).cli(argv + accept)
+    # A handler of its own: Detectron2's setup_logger may stop topkd_det's records at its own logger.
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    class_names_logger = logging.getLogger("topkd_det.detection.class_names")
+    class_names_logger.addHandler(handler)
+    try:
+        load_tool(tool_name).cli(argv + accept)
+    finally:
+        class_names_logger.removeHandler(handler)
     assert steps.count == 1
+    warnings = [r.getMessage() for r in records if "distilling anyway" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "the teacher was trained on the classes [square, bar, post]" in warnings[0]
+    assert "the student's are [box, bar, post]" in warnings[0]
+    assert warnings[0].endswith(f"; distilling anyway ({' '.join(accept)})")
     # The student's own checkpoint carries its classes, for when it teaches in turn.
     assert torch.load(tmp_path / "run" / "model_final.pth", weights_only=True)["classes"] == ["box", "bar", "post"]
 
