@@ -158,7 +158,7 @@ def main(argv=None) -> None:
         fg = labels != background
         det_rows.append({"proposals of": student, "rows of": "foreground ROIs",
                          **table_row(topk_stats(logits[fg], labels[fg], DET_KS), DET_KS)})
-    det_text = ("## Embedded detection teacher (R18-FPN), ROI rows DistillRCNN distills\n\n"
+    det_text = ("## Embedded detection teacher, ROI rows DistillRCNN distills\n\n"
                 + markdown_table(["proposals of", "rows of", *table_columns(DET_KS)], det_rows)
                 + f"\nTeacher {args.det_teacher_weights} ({args.det_teacher_config}) scoring the "
                 f"configs/embedded/topkd.yaml student's sampled proposals, {args.det_batches} training batches of the "
