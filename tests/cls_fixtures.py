@@ -8,6 +8,7 @@ import numpy as np
 import yaml
 
 from topkd_det.classification.config import load_cls_cfg
+from topkd_det.classification.engine import Trainer
 
 
 def write_idx_gz(directory: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:
@@ -83,6 +84,14 @@ def tiny_cfg(tmp_path: Path, data: Path, *opts, name: str = "run", check_files: 
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(body))
     return load_cls_cfg(str(path), [str(o) for o in opts], check_files=check_files), path
+
+
+def trained_teacher(root: Path, data: Path) -> Path:
+    """The fixture teacher (``fmnist_teacher``) trained one epoch on ``data`` by the trainer itself, as the
+    benchmark trains its teacher; its ``last.pth``, in ``root/teacher``."""
+    cfg, _ = tiny_cfg(root, data, "MODEL.STUDENT", "fmnist_teacher", "SOLVER.EPOCHS", 1, name="teacher")
+    Trainer(cfg).train()
+    return Path(cfg.OUTPUT_DIR) / "last.pth"
 
 
 class Killed(Exception):

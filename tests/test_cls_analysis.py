@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cls_fixtures import fashion_dir, tiny_cfg
+from cls_fixtures import fashion_dir, tiny_cfg, trained_teacher
 from conftest import load_tool
 from topkd_det.classification.analysis import AnalysisError, correlation, tsne
 from topkd_det.classification.analysis.checkpoints import InputSpec, load_trained, preparer
@@ -28,10 +28,9 @@ def runs(tmp_path_factory):
     """A teacher and a KD student trained by tools/train_cls.py's trainer on fixture Fashion-MNIST data."""
     tmp = tmp_path_factory.mktemp("analysis_runs")
     data = fashion_dir(tmp)
-    teacher, _ = tiny_cfg(tmp, data, "MODEL.STUDENT", "fmnist_teacher", "SOLVER.EPOCHS", 1, name="teacher")
-    Trainer(teacher).train()
+    teacher = trained_teacher(tmp, data)
     student, _ = tiny_cfg(tmp, data, "SOLVER.EPOCHS", 1, "DISTILL.METHOD", "kd", "MODEL.TEACHER", "fmnist_teacher",
-                          "MODEL.TEACHER_WEIGHTS", f"{teacher.OUTPUT_DIR}/last.pth", name="kd")
+                          "MODEL.TEACHER_WEIGHTS", str(teacher), name="kd")
     Trainer(student).train()
     alone, _ = tiny_cfg(tmp, data, "SOLVER.EPOCHS", 1, name="alone")
     Trainer(alone).train()

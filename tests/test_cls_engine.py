@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from cls_fixtures import fashion_dir, killed_after_first_checkpoint_then_resumed, tiny_cfg
+from cls_fixtures import fashion_dir, killed_after_first_checkpoint_then_resumed, tiny_cfg, trained_teacher
 from conftest import load_tool
 from topkd_det import rng
 from topkd_det.classification.checkpoint import load_file
@@ -20,10 +20,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory, data):
     """A teacher trained by the trainer itself (vanilla mode), as the benchmark does."""
-    tmp = tmp_path_factory.mktemp("teacher")
-    cfg, _ = tiny_cfg(tmp, data, "MODEL.STUDENT", "fmnist_teacher", "SOLVER.EPOCHS", 1, name="teacher")
-    Trainer(cfg).train()
-    return tmp / "teacher" / "last.pth"
+    return trained_teacher(tmp_path_factory.mktemp("teacher"), data)
 
 
 def _lines(cfg, kind):

@@ -9,10 +9,9 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
-from cls_fixtures import fashion_dir, tiny_cfg
+from cls_fixtures import fashion_dir, tiny_cfg, trained_teacher
 from conftest import REPO, load_tool
 from run_fixtures import det_config
-from topkd_det.classification.engine import Trainer
 from topkd_det.comparison import report, sweep
 from topkd_det.comparison.runs import Row
 from topkd_det.comparison.stats import mean_sd, paired_difference, seeds_to_resolve, t_half_width
@@ -256,11 +255,10 @@ def test_detection_rows_need_one_test_dataset(det, tmp_path):
 def cls(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cmp_cls")
     data = fashion_dir(tmp)
-    teacher_cfg, _ = tiny_cfg(tmp, data, "MODEL.STUDENT", "fmnist_teacher", "SOLVER.EPOCHS", 1, name="teacher")
-    Trainer(teacher_cfg).train()
+    teacher = trained_teacher(tmp, data)
     _, student = tiny_cfg(tmp, data, name="student")
     _, kd = tiny_cfg(tmp, data, name="kd", MODEL={"STUDENT": "fmnist_student", "TEACHER": "fmnist_teacher",
-                                                  "TEACHER_WEIGHTS": str(tmp / "teacher" / "last.pth")},
+                                                  "TEACHER_WEIGHTS": str(teacher)},
                      DISTILL={"METHOD": "kd", "CE_WEIGHT": 1.0})
     return {"student": str(student), "kd": str(kd), "data": data, "tmp": tmp}
 
