@@ -187,6 +187,14 @@ def _mixed_boxes(data):
     anns[8]["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
 
 
+def test_an_unreadable_annotation_file_names_the_key_and_the_reason(tmp_path):
+    with pytest.raises(ConfigError, match=r"^DATASETS\.COCO_INSTANCES\[0\]: .*missing\.json cannot be read "
+                                          r"\(No such file or directory\)$"):
+        read_coco_facts(str(tmp_path / "missing.json"), "DATASETS.COCO_INSTANCES[0]")
+    with pytest.raises(ConfigError, match=r"^DATASETS\.COCO_INSTANCES\[0\]: .* cannot be read \(.*Is a directory"):
+        read_coco_facts(str(tmp_path), "DATASETS.COCO_INSTANCES[0]")
+
+
 def test_the_check_counts_the_boxes_detectron2_drops(own_data, tmp_path):
     json_file = rewrite_json(own_data["train"][0], tmp_path / "mixed.json", _mixed_boxes)
     name = f"mixed_{uuid.uuid4().hex[:6]}"
